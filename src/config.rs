@@ -1,0 +1,534 @@
+//! Configuration: a raw, serde-deserialized file, overlaid by environment
+//! variables and then command-line flags (flags win), turned once into a
+//! validated [`Config`] whose fields have their final types. Nothing
+//! downstream re-checks a value; a bad one stops the start here with a
+//! message naming its key.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// The JWT secret shipped in `config/tickwire.toml`; a server using it
+/// warns at start, since anyone can mint tokens with it.
+pub const DEV_JWT_SECRET: &str = "dev-only-jwt-secret-change-me";
+/// The publisher key shipped in `config/tickwire.toml`.
+pub const DEV_API_KEY: &str = "dev-only-api-key-change-me";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config key `{key}`: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, why: why.into() }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tickwire",
+    version,
+    about = "Real-time market data over WebSockets: ticks, trading signals and notifications",
+    long_about = "Starts a tickwire node (embedded mode unless --redis is given).\n\
+        Every setting comes from, in rising precedence: config/tickwire.toml (or --config),\n\
+        the TICKWIRE_* environment variables, and these flags."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Overrides,
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Mint a subscriber JWT signed with the configured secret, and print it.
+    Token {
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Allowed symbol patterns (`symbols` claim), e.g. BTC-USD,ETH-*; all when absent.
+        #[arg(long, value_delimiter = ',')]
+        symbols: Option<Vec<String>>,
+        /// Lifetime of the token: seconds, or a duration such as 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Check the configuration and print it (secrets masked), then exit.
+    CheckConfig,
+}
+
+/// Every setting as a flag and an environment variable; `None` means "not
+/// given here, use the file or the default".
+#[derive(Debug, Default, Args)]
+pub struct Overrides {
+    /// The TOML config file (default: config/tickwire.toml when present).
+    #[arg(long, env = "TICKWIRE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "TICKWIRE_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// HS256 secret for subscriber tokens.
+    #[arg(long, env = "TICKWIRE_JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Publisher API key (repeatable; the variable is comma-separated).
+    #[arg(
+        long = "api-key",
+        env = "TICKWIRE_API_KEYS",
+        value_delimiter = ',',
+        global = true,
+        hide_env_values = true
+    )]
+    pub api_keys: Option<Vec<String>>,
+    /// Redis URL: turns on cluster mode.
+    #[arg(long, env = "TICKWIRE_REDIS_URL", global = true)]
+    pub redis: Option<String>,
+    /// Browser origins allowed when the token comes from a cookie (repeatable).
+    #[arg(
+        long = "allowed-origin",
+        env = "TICKWIRE_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Let anonymous subscribers use /ws/market-data/.
+    #[arg(long, env = "TICKWIRE_ALLOW_ANONYMOUS_MARKET_DATA", global = true)]
+    pub allow_anonymous_market_data: Option<bool>,
+    /// Log format: text or json.
+    #[arg(long, env = "TICKWIRE_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// Seconds to wait for subscribers to close on shutdown.
+    #[arg(long, env = "TICKWIRE_DRAIN_TIMEOUT_SECS", global = true)]
+    pub drain_timeout_secs: Option<f64>,
+    /// Most open connections on this node.
+    #[arg(long, env = "TICKWIRE_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+    /// Most open connections from one client IP (0: no limit).
+    #[arg(long, env = "TICKWIRE_MAX_CONNECTIONS_PER_IP", global = true)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Largest text message a subscriber may send, in bytes.
+    #[arg(long, env = "TICKWIRE_MAX_MESSAGE_BYTES", global = true)]
+    pub max_message_bytes: Option<usize>,
+    /// Largest publish body or ingest frame, in bytes.
+    #[arg(long, env = "TICKWIRE_MAX_PUBLISH_BYTES", global = true)]
+    pub max_publish_bytes: Option<usize>,
+    /// Most symbols one market-data connection may subscribe to.
+    #[arg(long, env = "TICKWIRE_MAX_SUBSCRIPTIONS", global = true)]
+    pub max_subscriptions: Option<usize>,
+    /// Commands per second one connection may send, sustained.
+    #[arg(long, env = "TICKWIRE_COMMANDS_PER_SECOND", global = true)]
+    pub commands_per_second: Option<f64>,
+    /// Commands one connection may send in a burst.
+    #[arg(long, env = "TICKWIRE_COMMAND_BURST", global = true)]
+    pub command_burst: Option<u32>,
+    /// Rate-limited commands in a row after which the connection is closed with 1008.
+    #[arg(long, env = "TICKWIRE_RATE_LIMIT_STRIKES", global = true)]
+    pub rate_limit_strikes: Option<u32>,
+    /// Frames a subscriber's outbound queue holds before it is cut as a slow consumer.
+    #[arg(long, env = "TICKWIRE_OUTBOUND_QUEUE_FRAMES", global = true)]
+    pub outbound_queue_frames: Option<usize>,
+    /// Messages kept per stream for resuming clients.
+    #[arg(long, env = "TICKWIRE_HISTORY_MESSAGES", global = true)]
+    pub history_messages: Option<usize>,
+    /// Seconds a message stays in the history window.
+    #[arg(long, env = "TICKWIRE_HISTORY_MAX_AGE_SECS", global = true)]
+    pub history_max_age_secs: Option<f64>,
+    /// Unread notifications kept per user.
+    #[arg(long, env = "TICKWIRE_MAX_UNREAD_PER_USER", global = true)]
+    pub max_unread_per_user: Option<usize>,
+    /// Fanout shards (worker threads); 0 picks the number of cores.
+    #[arg(long, env = "TICKWIRE_SHARDS", global = true)]
+    pub shards: Option<usize>,
+    /// Capacity of each shard's ring, in updates.
+    #[arg(long, env = "TICKWIRE_RING_CAPACITY", global = true)]
+    pub ring_capacity: Option<usize>,
+    /// Seconds between server pings on an idle connection.
+    #[arg(long, env = "TICKWIRE_PING_INTERVAL_SECS", global = true)]
+    pub ping_interval_secs: Option<f64>,
+    /// Seconds without any frame from a client before it is closed.
+    #[arg(long, env = "TICKWIRE_IDLE_TIMEOUT_SECS", global = true)]
+    pub idle_timeout_secs: Option<f64>,
+    /// Seconds a client has to complete the HTTP/WebSocket handshake.
+    #[arg(long, env = "TICKWIRE_HANDSHAKE_TIMEOUT_SECS", global = true)]
+    pub handshake_timeout_secs: Option<f64>,
+    /// Redis channel whose messages are published (cluster mode).
+    #[arg(long, env = "TICKWIRE_INGEST_CHANNEL", global = true)]
+    pub ingest_channel: Option<String>,
+}
+
+/// The file's shape; every key optional, defaults applied in validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub history: RawHistory,
+    #[serde(default)]
+    pub fanout: RawFanout,
+    #[serde(default)]
+    pub redis: RawRedis,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub drain_timeout_secs: Option<f64>,
+    pub handshake_timeout_secs: Option<f64>,
+    pub ping_interval_secs: Option<f64>,
+    pub idle_timeout_secs: Option<f64>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub jwt_secret: Option<String>,
+    pub api_keys: Option<Vec<String>>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub allow_anonymous_market_data: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub max_publish_bytes: Option<usize>,
+    pub max_subscriptions: Option<usize>,
+    pub commands_per_second: Option<f64>,
+    pub command_burst: Option<u32>,
+    pub rate_limit_strikes: Option<u32>,
+    pub outbound_queue_frames: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    pub messages: Option<usize>,
+    pub max_age_secs: Option<f64>,
+    pub max_unread_per_user: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFanout {
+    pub shards: Option<usize>,
+    pub ring_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub ingest_channel: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration every part of the server reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub drain_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub log_format: LogFormat,
+    pub jwt_secret: String,
+    pub api_keys: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub allow_anonymous_market_data: bool,
+    pub max_connections: NonZeroUsize,
+    /// `None`: no per-IP limit.
+    pub max_connections_per_ip: Option<NonZeroUsize>,
+    pub max_message_bytes: NonZeroUsize,
+    pub max_publish_bytes: NonZeroUsize,
+    pub max_subscriptions: NonZeroUsize,
+    pub commands_per_second: f64,
+    pub command_burst: u32,
+    pub rate_limit_strikes: u32,
+    pub outbound_queue_frames: NonZeroUsize,
+    pub history_messages: NonZeroUsize,
+    pub history_max_age: Duration,
+    pub max_unread_per_user: NonZeroUsize,
+    pub shards: NonZeroUsize,
+    pub ring_capacity: NonZeroUsize,
+    pub redis_url: Option<String>,
+    pub ingest_channel: String,
+}
+
+impl Config {
+    /// Reads the file (the given one must exist; the default one may not),
+    /// applies the overrides and validates everything.
+    pub fn load(o: &Overrides) -> Result<Config, ConfigError> {
+        let default_path = Path::new("config/tickwire.toml");
+        let raw = match &o.config {
+            Some(path) => read_file(path)?,
+            None if default_path.exists() => read_file(default_path)?,
+            None => RawConfig::default(),
+        };
+        Config::from_raw(raw, o)
+    }
+
+    pub fn from_raw(raw: RawConfig, o: &Overrides) -> Result<Config, ConfigError> {
+        let listen_text = pick(&o.listen, raw.server.listen, "127.0.0.1:8000".into());
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("server.listen", format!("`{listen_text}` is not an address: {e}")))?;
+        let log_format = match pick(&o.log_format, raw.server.log_format, "text".into()).as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "server.log_format",
+                    format!("`{other}` is not text or json"),
+                ))
+            }
+        };
+        let jwt_secret = pick(&o.jwt_secret, raw.auth.jwt_secret, DEV_JWT_SECRET.into());
+        if jwt_secret.len() < 16 {
+            return Err(invalid("auth.jwt_secret", "must be at least 16 bytes"));
+        }
+        let api_keys = pick(&o.api_keys, raw.auth.api_keys, vec![DEV_API_KEY.into()]);
+        if let Some(k) = api_keys.iter().find(|k| k.len() < 8) {
+            return Err(invalid(
+                "auth.api_keys",
+                format!(
+                    "key `{}…` is shorter than 8 bytes",
+                    k.chars().take(2).collect::<String>()
+                ),
+            ));
+        }
+        let allowed_origins = pick(&o.allowed_origins, raw.auth.allowed_origins, Vec::new());
+        for origin in &allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
+                return Err(invalid(
+                    "auth.allowed_origins",
+                    format!("`{origin}` is not an origin like https://app.example.com"),
+                ));
+            }
+        }
+        let redis_url = pick(&o.redis, raw.redis.url, String::new());
+        let redis_url = (!redis_url.is_empty()).then_some(redis_url);
+        if let Some(url) = &redis_url {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+cluster://"))
+            {
+                return Err(invalid("redis.url", format!("`{url}` is not a redis:// URL")));
+            }
+        }
+        let l = raw.limits;
+        let shards = pick(&o.shards, raw.fanout.shards, 0);
+        let shards = if shards == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            shards
+        };
+        let max_connections_per_ip = pick(&o.max_connections_per_ip, l.max_connections_per_ip, 0);
+        let commands_per_second = pick(&o.commands_per_second, l.commands_per_second, 50.0);
+        if !(commands_per_second > 0.0 && commands_per_second.is_finite()) {
+            return Err(invalid("limits.commands_per_second", "must be a positive number"));
+        }
+        let command_burst = pick(&o.command_burst, l.command_burst, 100);
+        if command_burst == 0 {
+            return Err(invalid("limits.command_burst", "must be at least 1"));
+        }
+        let max_message_bytes = nonzero(
+            "limits.max_message_bytes",
+            pick(&o.max_message_bytes, l.max_message_bytes, 64 * 1024),
+        )?;
+        if max_message_bytes.get() < 256 {
+            return Err(invalid("limits.max_message_bytes", "must be at least 256"));
+        }
+        Ok(Config {
+            listen,
+            drain_timeout: secs(
+                "server.drain_timeout_secs",
+                pick(&o.drain_timeout_secs, raw.server.drain_timeout_secs, 10.0),
+            )?,
+            handshake_timeout: secs(
+                "server.handshake_timeout_secs",
+                pick(&o.handshake_timeout_secs, raw.server.handshake_timeout_secs, 10.0),
+            )?,
+            ping_interval: secs(
+                "server.ping_interval_secs",
+                pick(&o.ping_interval_secs, raw.server.ping_interval_secs, 30.0),
+            )?,
+            idle_timeout: secs(
+                "server.idle_timeout_secs",
+                pick(&o.idle_timeout_secs, raw.server.idle_timeout_secs, 90.0),
+            )?,
+            log_format,
+            jwt_secret,
+            api_keys,
+            allowed_origins,
+            allow_anonymous_market_data: pick(
+                &o.allow_anonymous_market_data,
+                raw.auth.allow_anonymous_market_data,
+                false,
+            ),
+            max_connections: nonzero(
+                "limits.max_connections",
+                pick(&o.max_connections, l.max_connections, 200_000),
+            )?,
+            max_connections_per_ip: NonZeroUsize::new(max_connections_per_ip),
+            max_message_bytes,
+            max_publish_bytes: nonzero(
+                "limits.max_publish_bytes",
+                pick(&o.max_publish_bytes, l.max_publish_bytes, 1024 * 1024),
+            )?,
+            max_subscriptions: nonzero(
+                "limits.max_subscriptions",
+                pick(&o.max_subscriptions, l.max_subscriptions, 200),
+            )?,
+            commands_per_second,
+            command_burst,
+            rate_limit_strikes: pick(&o.rate_limit_strikes, l.rate_limit_strikes, 20).max(1),
+            outbound_queue_frames: nonzero(
+                "limits.outbound_queue_frames",
+                pick(&o.outbound_queue_frames, l.outbound_queue_frames, 4096),
+            )?,
+            history_messages: nonzero(
+                "history.messages",
+                pick(&o.history_messages, raw.history.messages, 1000),
+            )?,
+            history_max_age: secs(
+                "history.max_age_secs",
+                pick(&o.history_max_age_secs, raw.history.max_age_secs, 3600.0),
+            )?,
+            max_unread_per_user: nonzero(
+                "history.max_unread_per_user",
+                pick(&o.max_unread_per_user, raw.history.max_unread_per_user, 1000),
+            )?,
+            shards: nonzero("fanout.shards", shards)?,
+            ring_capacity: nonzero(
+                "fanout.ring_capacity",
+                pick(&o.ring_capacity, raw.fanout.ring_capacity, 65_536),
+            )?,
+            redis_url,
+            ingest_channel: pick(&o.ingest_channel, raw.redis.ingest_channel, "rt:ingest".into()),
+        })
+    }
+
+    /// The warnings an operator must see at start: development secrets.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.jwt_secret == DEV_JWT_SECRET {
+            w.push(
+                "the JWT secret is the development default: anyone can mint tokens. Set TICKWIRE_JWT_SECRET."
+                    .to_string(),
+            );
+        }
+        if self.api_keys.iter().any(|k| k == DEV_API_KEY) {
+            w.push(
+                "an API key is the development default: anyone can publish. Set TICKWIRE_API_KEYS."
+                    .to_string(),
+            );
+        }
+        if self.api_keys.is_empty() {
+            w.push("no API keys are configured: nobody can publish.".to_string());
+        }
+        if self.allow_anonymous_market_data {
+            w.push("anonymous subscribers may use /ws/market-data/.".to_string());
+        }
+        w
+    }
+}
+
+fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn pick<T: Clone>(flag: &Option<T>, file: Option<T>, default: T) -> T {
+    flag.clone().or(file).unwrap_or(default)
+}
+
+fn nonzero(key: &'static str, n: usize) -> Result<NonZeroUsize, ConfigError> {
+    NonZeroUsize::new(n).ok_or_else(|| invalid(key, "must be at least 1"))
+}
+
+fn secs(key: &'static str, s: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| invalid(key, format!("`{s}` is not a positive number of seconds")))
+}
+
+/// Parses a token lifetime: plain seconds, or a humantime duration.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_flags_win_over_the_file() {
+        let raw: RawConfig = toml::from_str("[server]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let c = Config::from_raw(raw, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert!(!c.warnings().is_empty());
+        let raw: RawConfig = toml::from_str("[server]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let o = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        assert_eq!(Config::from_raw(raw, &o).unwrap().listen.port(), 0);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let raw: RawConfig = toml::from_str("[limits]\nmax_subscriptions = 0\n").unwrap();
+        let e = Config::from_raw(raw, &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("limits.max_subscriptions"), "{e}");
+        let e = toml::from_str::<RawConfig>("[limits]\nmax_subscription = 3\n").unwrap_err();
+        assert!(e.to_string().contains("max_subscription"), "{e}");
+        let o = Overrides {
+            listen: Some("nowhere".into()),
+            ..Default::default()
+        };
+        let e = Config::from_raw(RawConfig::default(), &o).unwrap_err();
+        assert!(e.to_string().contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn ttl_takes_seconds_or_durations() {
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_ttl("soon").is_err());
+    }
+}

@@ -1,0 +1,430 @@
+//! The HTTP face of a node: WebSocket handshakes (authenticated before the
+//! upgrade, PROTOCOL.md 1.1), publishing (2), the polling and monitoring
+//! endpoints (3), and the static pages. Handlers parse and answer; the
+//! work is done by ingress, fanout and the connection tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_util::rt::TokioIo;
+use rust_embed::RustEmbed;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::auth::{self, AuthError, Identity, SymbolAccess, TokenSource};
+use crate::connection;
+use crate::fanout::Control;
+use crate::protocol::encode::{self, Frame};
+use crate::protocol::{Endpoint, Seq, SignalType, StreamKey};
+use crate::registry::SignalFilter;
+use crate::server::{ConnectionPermit, Node};
+
+/// The client's address, put on each request by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+#[derive(RustEmbed)]
+#[folder = "static/"]
+struct Assets;
+
+/// Bytes a connection reads from its socket at a time; subscriber
+/// commands are small, and this buffer is held by every idle connection.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Frames are written once this much is buffered, or at the end of a batch.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let mut r = Router::new();
+    for (path, endpoint) in [
+        ("/ws/market-data", Endpoint::MarketData),
+        ("/ws/trading-signals", Endpoint::TradingSignals),
+        ("/ws/notifications", Endpoint::Notifications),
+        ("/ws/ingest", Endpoint::Ingest),
+    ] {
+        let handler = move |State(node): State<Arc<Node>>, req: Request| upgrade(node, endpoint, req);
+        r = r
+            .route(path, get(handler.clone()))
+            .route(&format!("{path}/"), get(handler));
+    }
+    r.route("/api/publish", post(publish))
+        .route("/api/market", get(market_all))
+        .route("/api/market/", get(market_all))
+        .route("/api/market/{symbol}", get(market_one))
+        .route("/api/signals", get(signals))
+        .route("/api/notifications", get(notifications))
+        .route("/api/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route(
+            "/health",
+            get(|| async { json_response(StatusCode::OK, json!({"status": "ok"})) }),
+        )
+        .route("/ready", get(ready))
+        .route("/", get(|| async { redirect("/websocket-test/") }))
+        .route("/websocket-test", get(|| async { redirect("/websocket-test/") }))
+        .route("/websocket-test/", get(|| async { asset("websocket-test.html") }))
+        .route("/dashboard", get(|| async { redirect("/dashboard/") }))
+        .route("/dashboard/", get(|| async { asset("dashboard.html") }))
+        .route(
+            "/static/{*path}",
+            get(|Path(path): Path<String>| async move { asset(&path) }),
+        )
+        .fallback(|| async { json_response(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"})) })
+        .with_state(node)
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn frame_response(frame: Frame) -> Response {
+    let body: bytes::Bytes = frame.into();
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    json_response(status, json!({"error": message.to_string()}))
+}
+
+fn redirect(to: &'static str) -> Response {
+    (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, to)]).into_response()
+}
+
+fn asset(path: &str) -> Response {
+    match Assets::get(path) {
+        Some(file) => {
+            let mime = mime_guess::from_path(path).first_or_octet_stream();
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, mime.as_ref().to_string()),
+                    (header::CACHE_CONTROL, "no-cache".to_string()),
+                ],
+                file.data.into_owned(),
+            )
+                .into_response()
+        }
+        None => error_response(StatusCode::NOT_FOUND, format!("no file {path}")),
+    }
+}
+
+/// Authenticates a subscriber from a request's token (header, query,
+/// cookie), applying the cookie/Origin rule.
+fn authenticate(
+    node: &Node,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    endpoint: Endpoint,
+) -> Result<Identity, AuthError> {
+    let Some((token, source)) = auth::find_token(headers, query) else {
+        if endpoint == Endpoint::MarketData && node.config.allow_anonymous_market_data {
+            return Ok(Identity::anonymous());
+        }
+        return Err(AuthError::Missing);
+    };
+    if source == TokenSource::Cookie {
+        auth::check_origin(headers, &node.config.allowed_origins)?;
+    }
+    auth::verify(&token, node.config.jwt_secret.as_bytes(), SystemTime::now())
+}
+
+fn auth_failure(node: &Node, e: AuthError) -> Response {
+    node.metrics.handshake_rejected();
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut resp = error_response(status, &e);
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Response {
+    let headers = req.headers();
+    let identity = if endpoint == Endpoint::Ingest {
+        let key = auth::bearer(headers)
+            .map(str::to_string)
+            .or_else(|| req.uri().query().and_then(|q| auth::query_param(q, "api_key")));
+        match auth::check_api_key(key.as_deref(), &node.config.api_keys) {
+            Ok(()) => Identity::anonymous(),
+            Err(e) => return auth_failure(&node, e),
+        }
+    } else {
+        match authenticate(&node, headers, req.uri().query(), endpoint) {
+            Ok(id) => id,
+            Err(e) => return auth_failure(&node, e),
+        }
+    };
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send an Upgrade request",
+        );
+    };
+    if !header_has(headers, header::UPGRADE, "websocket")
+        || !header_has(headers, header::CONNECTION, "upgrade")
+    {
+        return error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send an Upgrade request",
+        );
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut resp = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "only WebSocket version 13 is spoken",
+        );
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return resp;
+    }
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let permit = match node.admit(peer.ip()) {
+        Ok(p) => p,
+        Err((status, why)) => {
+            node.metrics.handshake_rejected();
+            return error_response(status, why);
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let max_message = if endpoint == Endpoint::Ingest {
+        node.config.max_publish_bytes
+    } else {
+        node.config.max_message_bytes
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(16 * 1024 * 1024)
+        .max_message_size(Some(max_message.get()))
+        .max_frame_size(Some(max_message.get()));
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        run_connection(ws, node, endpoint, identity, peer, permit).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+        .body(Body::empty())
+        .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "handshake"))
+}
+
+async fn run_connection(
+    ws: connection::Socket,
+    node: Arc<Node>,
+    endpoint: Endpoint,
+    identity: Identity,
+    peer: SocketAddr,
+    _permit: ConnectionPermit,
+) {
+    if endpoint == Endpoint::Ingest {
+        connection::serve_ingest(ws, node, peer).await;
+    } else {
+        connection::serve_subscriber(ws, node, endpoint, identity, peer).await;
+    }
+}
+
+async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(e) = auth::check_api_key(auth::bearer(&headers), &node.config.api_keys) {
+        return auth_failure(&node, e);
+    }
+    let limit = node.config.max_publish_bytes.get();
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {limit} bytes"),
+            )
+        }
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}")),
+    };
+    let outcome = match node.ingress.publish(&bytes).await {
+        Ok(o) => o,
+        Err(e) => {
+            let errors = json!([{"index": 0, "code": e.code.as_str(), "message": e.message}]);
+            return json_response(StatusCode::BAD_REQUEST, json!({"accepted": 0, "errors": errors}));
+        }
+    };
+    let errors: Vec<_> = outcome
+        .errors
+        .iter()
+        .map(|(index, e)| json!({"index": index, "code": e.code.as_str(), "message": e.message}))
+        .collect();
+    if outcome.overloaded > 0 {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"accepted": outcome.accepted, "errors": errors, "overloaded": outcome.overloaded}),
+        );
+    }
+    if errors.is_empty() {
+        json_response(StatusCode::ACCEPTED, json!({"accepted": outcome.accepted}))
+    } else {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"accepted": outcome.accepted, "errors": errors}),
+        )
+    }
+}
+
+async fn market_one(State(node): State<Arc<Node>>, Path(symbol): Path<String>) -> Response {
+    match node.fanout.latest.get(symbol.as_str()) {
+        Some(frame) => frame_response(frame.clone()),
+        None => error_response(StatusCode::NOT_FOUND, format!("no market data for {symbol}")),
+    }
+}
+
+async fn market_all(State(node): State<Arc<Node>>) -> Response {
+    let mut all: Vec<(Arc<str>, Frame)> = node
+        .fanout
+        .latest
+        .iter()
+        .map(|e| (e.key().clone(), e.value().clone()))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    frame_response(encode::json_array(all.iter().map(|(_, f)| f)))
+}
+
+fn since_param(query: Option<&str>) -> Result<Seq, Response> {
+    match query
+        .and_then(|q| auth::query_param(q, "since"))
+        .filter(|s| !s.is_empty())
+    {
+        None => Ok(Seq(0)),
+        Some(s) => s
+            .parse::<u64>()
+            .map(Seq)
+            .map_err(|_| error_response(StatusCode::BAD_REQUEST, "since must be a non-negative integer")),
+    }
+}
+
+async fn signals(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let query = req.uri().query();
+    let since = match since_param(query) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let param = |name| {
+        query
+            .and_then(|q| auth::query_param(q, name))
+            .filter(|s| !s.is_empty())
+    };
+    let signal_type = match param("signal_type") {
+        None => None,
+        Some(t) => match SignalType::parse_loose(&t) {
+            Some(t) => Some(t),
+            None => return error_response(StatusCode::BAD_REQUEST, "signal_type must be BUY, SELL or HOLD"),
+        },
+    };
+    // A token is optional here; when one is given, its `symbols` claim applies.
+    let access = match auth::find_token(req.headers(), query) {
+        None => SymbolAccess::All,
+        Some(_) => match authenticate(&node, req.headers(), query, Endpoint::TradingSignals) {
+            Ok(id) => id.symbols,
+            Err(e) => return auth_failure(&node, e),
+        },
+    };
+    let filter = SignalFilter {
+        symbol: param("symbol").map(Arc::from),
+        signal_type,
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    node.fanout.control(
+        &StreamKey::Signals,
+        Control::QuerySignals {
+            filter,
+            access,
+            since,
+            reply,
+        },
+    );
+    match answer.await {
+        Ok(frame) => frame_response(frame),
+        Err(_) => error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+async fn notifications(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let query = req.uri().query();
+    let identity = match authenticate(&node, req.headers(), query, Endpoint::Notifications) {
+        Ok(id) => id,
+        Err(e) => return auth_failure(&node, e),
+    };
+    let since = match since_param(query) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let user = identity.user.clone();
+    node.fanout.control(
+        &StreamKey::User(user.clone()),
+        Control::QueryNotifications { user, since, reply },
+    );
+    match answer.await {
+        Ok(frame) => frame_response(frame),
+        Err(_) => error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+async fn stats(State(node): State<Arc<Node>>) -> Response {
+    json_response(
+        StatusCode::OK,
+        node.metrics.stats_json(&node.fanout.ring_depths()),
+    )
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.prometheus(&node.fanout.ring_depths()),
+    )
+        .into_response()
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    if node.shutdown.is_triggered() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "shutting down"}),
+        );
+    }
+    json_response(StatusCode::OK, json!({"status": "ready"}))
+}

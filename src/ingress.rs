@@ -1,0 +1,163 @@
+//! Where publishes enter: the bodies of `POST /api/publish`, the frames of
+//! `/ws/ingest` (and, in cluster mode, the Redis ingest channel) are
+//! decoded, validated and completed here, then handed to the stream's
+//! fanout shard in the order they were sent. Each entry is judged alone:
+//! the valid entries of a batch are published even when others are not.
+//!
+//! Ingress keeps the one piece of state validation needs: each signal's
+//! symbol and type, so a `signal_update` that leaves them out is completed
+//! (and filtered) by them, and one naming an unknown signal is refused.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use serde_json::Value;
+
+use crate::fanout::{Fanout, Inbound};
+use crate::metrics::Metrics;
+use crate::protocol::update::{decode_batch, Update};
+use crate::protocol::{ErrorCode, ProtocolError, SignalType, UpdateKind};
+
+/// Signals whose state is remembered; past this, the oldest tenth is
+/// forgotten in one pass (an update to a forgotten signal is refused like
+/// an unknown one).
+const MAX_TRACKED_SIGNALS: u64 = 100_000;
+
+#[derive(Debug, Clone)]
+struct SignalState {
+    symbol: Arc<str>,
+    signal_type: SignalType,
+    /// Insertion order, to forget the oldest first.
+    born: u64,
+}
+
+/// The result of publishing one body.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub accepted: usize,
+    /// Refused entries by their index in the body.
+    pub errors: Vec<(usize, ProtocolError)>,
+    /// Entries not taken because the server stayed saturated.
+    pub overloaded: usize,
+}
+
+pub struct Ingress {
+    fanout: Arc<Fanout>,
+    /// A dashmap: any number of publishers validate signal updates at once.
+    signals: DashMap<Arc<str>, SignalState>,
+    metrics: Arc<Metrics>,
+    /// How long a publisher waits for room in a full ring before its entry
+    /// is refused as overload.
+    patience: Duration,
+}
+
+impl Ingress {
+    pub fn new(fanout: Arc<Fanout>, metrics: Arc<Metrics>) -> Ingress {
+        Ingress {
+            fanout,
+            signals: DashMap::new(),
+            metrics,
+            patience: Duration::from_secs(5),
+        }
+    }
+
+    /// Publishes every valid entry of a body, in order.
+    pub async fn publish(&self, body: &[u8]) -> Result<Outcome, ProtocolError> {
+        let received_at = Instant::now();
+        let entries = decode_batch(body).inspect_err(|_| self.metrics.publish_rejected(1))?;
+        let mut outcome = Outcome::default();
+        for (index, entry) in entries.into_iter().enumerate() {
+            let update = match entry.and_then(|u| self.complete(u)) {
+                Ok(u) => u,
+                Err(e) => {
+                    outcome.errors.push((index, e));
+                    continue;
+                }
+            };
+            let kind = update.kind;
+            let ring = self.fanout.shard_for(&update.stream);
+            let inbound = Inbound {
+                update,
+                received_at,
+                seq: None,
+            };
+            match ring.push(inbound, self.patience).await {
+                Ok(()) => {
+                    outcome.accepted += 1;
+                    self.metrics.published(kind);
+                }
+                Err(_) => outcome.overloaded += 1,
+            }
+        }
+        self.metrics.publish_rejected(outcome.errors.len() as u64);
+        Ok(outcome)
+    }
+
+    /// Applies and records signal state: a new signal is remembered; an
+    /// update gets the signal's symbol and type where it left them out.
+    fn complete(&self, mut u: Update) -> Result<Update, ProtocolError> {
+        let Some(id) = u.signal_id.clone() else {
+            return Ok(u);
+        };
+        match u.kind {
+            UpdateKind::NewSignal => {
+                let (Some(symbol), Some(signal_type)) = (u.symbol.clone(), u.signal_type) else {
+                    return Err(ProtocolError::missing("symbol"));
+                };
+                let born = next_born();
+                if self.signals.len() as u64 >= MAX_TRACKED_SIGNALS {
+                    let cutoff = born.saturating_sub(MAX_TRACKED_SIGNALS * 9 / 10);
+                    self.signals.retain(|_, s| s.born >= cutoff);
+                }
+                self.signals.insert(
+                    id,
+                    SignalState {
+                        symbol,
+                        signal_type,
+                        born,
+                    },
+                );
+                Ok(u)
+            }
+            UpdateKind::SignalUpdate => {
+                let mut state = self.signals.get_mut(&id).ok_or_else(|| {
+                    ProtocolError::new(
+                        ErrorCode::InvalidField,
+                        format!(
+                            "signal_id `{}` names no known signal",
+                            id.chars().take(64).collect::<String>()
+                        ),
+                    )
+                })?;
+                match &u.symbol {
+                    Some(s) => state.symbol = s.clone(),
+                    None => {
+                        u.body
+                            .insert("symbol".into(), Value::String(state.symbol.to_string()));
+                        u.symbol = Some(state.symbol.clone());
+                    }
+                }
+                match u.signal_type {
+                    Some(t) => state.signal_type = t,
+                    None => {
+                        u.body.insert(
+                            "signal_type".into(),
+                            Value::String(state.signal_type.wire_name().into()),
+                        );
+                        u.signal_type = Some(state.signal_type);
+                    }
+                }
+                Ok(u)
+            }
+            _ => Ok(u),
+        }
+    }
+}
+
+fn next_born() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static BORN: AtomicU64 = AtomicU64::new(0);
+    // Relaxed: only a rough age order is needed.
+    BORN.fetch_add(1, Ordering::Relaxed)
+}

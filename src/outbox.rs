@@ -1,0 +1,253 @@
+//! A subscriber's bounded outbound queue: fanout workers and the
+//! connection's own reader put frames in, the connection's writer takes
+//! them out in batches. Pushing never waits: a full queue is that
+//! subscriber's problem (it is marked for closing as a slow consumer), never
+//! the pusher's. The queue starts with no allocation, so an idle
+//! subscriber costs only this struct.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::protocol::encode::Frame;
+
+/// Why a connection is being closed by the server, and so its close code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Fell a full queue behind: 4002, resume with `since`.
+    SlowConsumer,
+    /// Server shutting down: 1001.
+    GoingAway,
+    /// The token's `exp` passed: 4001.
+    TokenExpired,
+    /// Kept breaking the command rate limit: 1008.
+    RateLimited,
+    /// Sent nothing, not even a pong, for the idle timeout: 1001.
+    IdleTimeout,
+    /// A frame over the size limit: 1009.
+    TooBig,
+    /// A binary frame: 1003.
+    Binary,
+    /// Invalid UTF-8 in a text frame: 1007.
+    BadUtf8,
+    /// A WebSocket protocol violation: 1002.
+    ProtocolViolation,
+}
+
+impl CloseReason {
+    pub fn code(&self) -> u16 {
+        match self {
+            CloseReason::SlowConsumer => 4002,
+            CloseReason::GoingAway | CloseReason::IdleTimeout => 1001,
+            CloseReason::TokenExpired => 4001,
+            CloseReason::RateLimited => 1008,
+            CloseReason::TooBig => 1009,
+            CloseReason::Binary => 1003,
+            CloseReason::BadUtf8 => 1007,
+            CloseReason::ProtocolViolation => 1002,
+        }
+    }
+
+    pub fn text(&self) -> &'static str {
+        match self {
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::GoingAway => "going away",
+            CloseReason::TokenExpired => "token expired",
+            CloseReason::RateLimited => "rate limit exceeded",
+            CloseReason::IdleTimeout => "idle timeout",
+            CloseReason::TooBig => "message too big",
+            CloseReason::Binary => "binary frames are not accepted",
+            CloseReason::BadUtf8 => "invalid UTF-8",
+            CloseReason::ProtocolViolation => "protocol error",
+        }
+    }
+
+    /// Whether frames already queued are still sent before the close.
+    fn flushes_queue(&self) -> bool {
+        matches!(self, CloseReason::GoingAway | CloseReason::TokenExpired)
+    }
+}
+
+/// One queued frame, with the instant its update entered the server (for
+/// the publish→write latency histogram), when it is an update.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub frame: Frame,
+    pub received_at: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The queue was full: the subscriber is now closing as a slow consumer.
+    Overflowed,
+    /// The connection is already closing; the frame was dropped.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Outgoing>,
+    close: Option<CloseReason>,
+}
+
+pub struct Outbox {
+    /// A plain mutex: held only to push or swap out a few handles, by at most
+    /// one fanout worker per shard and the connection's own tasks.
+    state: Mutex<State>,
+    ready: Notify,
+    /// Set once a close is decided, so pushers can skip the lock.
+    closing: AtomicBool,
+    capacity: usize,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            closing: AtomicBool::new(false),
+            capacity,
+        }
+    }
+
+    /// Queues a frame and wakes the writer; never waits. Overflow closes
+    /// the subscriber.
+    pub fn push(&self, frame: Frame, received_at: Option<Instant>) -> Push {
+        let (result, wake) = self.push_deferred(frame, received_at);
+        if wake {
+            self.wake();
+        }
+        result
+    }
+
+    /// Queues a frame without waking the writer; the `bool` says a wake is
+    /// owed (the queue was empty), for a caller that wakes once per batch.
+    pub fn push_deferred(&self, frame: Frame, received_at: Option<Instant>) -> (Push, bool) {
+        // Acquire pairs with the Release in `close`: a pusher that sees the
+        // flag also sees the queue cleared.
+        if self.closing.load(Ordering::Acquire) {
+            return (Push::Closed, false);
+        }
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return (Push::Closed, false);
+        }
+        if state.frames.len() >= self.capacity {
+            state.frames = VecDeque::new();
+            state.close = Some(CloseReason::SlowConsumer);
+            self.closing.store(true, Ordering::Release);
+            drop(state);
+            self.wake();
+            return (Push::Overflowed, false);
+        }
+        // The writer takes everything each time it wakes, so only the push
+        // that finds the queue empty owes it a wake.
+        let was_empty = state.frames.is_empty();
+        state.frames.push_back(Outgoing { frame, received_at });
+        (Push::Queued, was_empty)
+    }
+
+    pub fn wake(&self) {
+        self.ready.notify_one();
+    }
+
+    /// Decides to close the connection. The first reason wins; returns
+    /// whether it was this one.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return false;
+        }
+        if !reason.flushes_queue() {
+            state.frames = VecDeque::new();
+        }
+        state.close = Some(reason);
+        self.closing.store(true, Ordering::Release);
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Waits until there are frames or a close, then moves every queued
+    /// frame into `batch` (which the caller reuses) and returns the close
+    /// reason if one was decided.
+    pub async fn next_batch(&self, batch: &mut VecDeque<Outgoing>) -> Option<CloseReason> {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.frames.is_empty() || state.close.is_some() {
+                    std::mem::swap(&mut state.frames, batch);
+                    return state.close.clone();
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Frames waiting now (for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.lock().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock leaves only a queue of handles
+        // behind, which is still consistent: keep going.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &'static str) -> Frame {
+        Frame::from_static(s)
+    }
+
+    #[tokio::test]
+    async fn frames_come_out_in_order_in_one_batch() {
+        let o = Outbox::new(8);
+        assert_eq!(o.push(f("1"), None), Push::Queued);
+        assert_eq!(o.push(f("2"), None), Push::Queued);
+        let mut batch = VecDeque::new();
+        assert_eq!(o.next_batch(&mut batch).await, None);
+        let got: Vec<&str> = batch.iter().map(|g| g.frame.as_str()).collect();
+        assert_eq!(got, ["1", "2"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_as_slow_consumer_and_frees_its_frames() {
+        let o = Outbox::new(2);
+        o.push(f("1"), None);
+        o.push(f("2"), None);
+        assert_eq!(o.push(f("3"), None), Push::Overflowed);
+        assert_eq!(o.push(f("4"), None), Push::Closed);
+        assert_eq!(o.len(), 0);
+        let mut batch = VecDeque::new();
+        assert_eq!(o.next_batch(&mut batch).await, Some(CloseReason::SlowConsumer));
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn going_away_still_sends_what_was_queued() {
+        let o = Outbox::new(4);
+        o.push(f("1"), None);
+        o.close(CloseReason::GoingAway);
+        o.close(CloseReason::SlowConsumer);
+        let mut batch = VecDeque::new();
+        assert_eq!(o.next_batch(&mut batch).await, Some(CloseReason::GoingAway));
+        assert_eq!(batch.len(), 1);
+    }
+}

@@ -1,0 +1,357 @@
+//! Commands a subscriber sends (PROTOCOL.md 1.2), decoded from one text
+//! frame into a typed [`Command`] or a [`ProtocolError`] naming the field
+//! at fault. Decoding never panics on any input; which endpoint may use
+//! which command is decided here too, so the connection only acts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::{parse_json, valid_name, Endpoint, ErrorCode, ProtocolError, Seq, SignalType};
+
+/// How many symbols one `subscribe` may name; the per-connection limit is
+/// checked later against the connection's own count.
+pub const MAX_SYMBOLS_PER_COMMAND: usize = 1_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Subscribe {
+        symbols: Vec<Arc<str>>,
+        /// Last `seq` the client saw per symbol; only symbols of this command.
+        since: HashMap<Arc<str>, Seq>,
+        /// Updates per second per symbol the client wants at most.
+        max_frequency: Option<f64>,
+    },
+    Unsubscribe {
+        symbols: Vec<Arc<str>>,
+    },
+    Filter {
+        symbol: Option<Arc<str>>,
+        signal_type: Option<SignalType>,
+        since: Option<Seq>,
+    },
+    MarkRead {
+        /// The id as the client sent it (string or number), echoed back.
+        notification_id: Value,
+        /// The same id as a string, the key the server stores it under.
+        key: Arc<str>,
+    },
+    Ping,
+}
+
+/// A decoded frame: the `id` to echo (when the frame had a usable one) and
+/// the command or why it was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub id: Option<Value>,
+    pub command: Result<Command, ProtocolError>,
+}
+
+/// Decodes one text frame received on `endpoint`.
+pub fn decode(frame: &[u8], endpoint: Endpoint) -> Envelope {
+    let value = match parse_json(frame) {
+        Ok(v) => v,
+        Err(e) => {
+            return Envelope {
+                id: None,
+                command: Err(e),
+            }
+        }
+    };
+    let Value::Object(obj) = value else {
+        return Envelope {
+            id: None,
+            command: Err(ProtocolError::new(
+                ErrorCode::InvalidJson,
+                "a command is a JSON object",
+            )),
+        };
+    };
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => None,
+        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v.clone()),
+        Some(_) => {
+            return Envelope {
+                id: None,
+                command: Err(ProtocolError::invalid("id", "must be a string or a number")),
+            }
+        }
+    };
+    Envelope {
+        command: decode_object(&obj, endpoint),
+        id,
+    }
+}
+
+fn decode_object(obj: &Map<String, Value>, endpoint: Endpoint) -> Result<Command, ProtocolError> {
+    let kind = match obj.get("type") {
+        None => return Err(ProtocolError::missing("type")),
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(ProtocolError::invalid("type", "must be a string")),
+    };
+    let allowed = match kind {
+        "ping" => true,
+        "subscribe" | "unsubscribe" => endpoint == Endpoint::MarketData,
+        "filter" => endpoint == Endpoint::TradingSignals,
+        "mark_read" => endpoint == Endpoint::Notifications,
+        other => {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownType,
+                format!("unknown command type `{}`", truncate(other)),
+            ))
+        }
+    };
+    if !allowed {
+        return Err(ProtocolError::new(
+            ErrorCode::UnknownType,
+            format!("`{kind}` is not a command of /ws/{}/", endpoint.name()),
+        ));
+    }
+    match kind {
+        "ping" => Ok(Command::Ping),
+        "subscribe" => decode_subscribe(obj),
+        "unsubscribe" => Ok(Command::Unsubscribe {
+            symbols: symbols_of(obj)?,
+        }),
+        "filter" => decode_filter(obj),
+        _ => decode_mark_read(obj),
+    }
+}
+
+fn decode_subscribe(obj: &Map<String, Value>) -> Result<Command, ProtocolError> {
+    let symbols = symbols_of(obj)?;
+    let mut since = HashMap::new();
+    match obj.get("since") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (symbol, seq) in map {
+                let seq = seq_of(seq).ok_or_else(|| {
+                    ProtocolError::invalid("since", "maps each symbol to a non-negative integer")
+                })?;
+                if let Some(s) = symbols.iter().find(|s| ***s == **symbol) {
+                    since.insert(s.clone(), seq);
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ProtocolError::invalid(
+                "since",
+                "must be an object of symbol to seq",
+            ))
+        }
+    }
+    let max_frequency = match obj.get("max_frequency") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(f) if f > 0.0 && f.is_finite() => Some(f),
+            _ => {
+                return Err(ProtocolError::invalid(
+                    "max_frequency",
+                    "must be a positive number of updates per second",
+                ))
+            }
+        },
+    };
+    Ok(Command::Subscribe {
+        symbols,
+        since,
+        max_frequency,
+    })
+}
+
+fn decode_filter(obj: &Map<String, Value>) -> Result<Command, ProtocolError> {
+    let symbol = match obj.get("symbol") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if valid_name(s) => Some(Arc::from(s.as_str())),
+        Some(_) => return Err(ProtocolError::invalid("symbol", "must be a symbol or null")),
+    };
+    let signal_type = match obj.get("signal_type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            SignalType::from_wire(&s.to_ascii_uppercase())
+                .ok_or_else(|| ProtocolError::invalid("signal_type", "must be BUY, SELL, HOLD or null"))?,
+        ),
+        Some(_) => {
+            return Err(ProtocolError::invalid(
+                "signal_type",
+                "must be BUY, SELL, HOLD or null",
+            ))
+        }
+    };
+    let since = match obj.get("since") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            Some(seq_of(v).ok_or_else(|| ProtocolError::invalid("since", "must be a non-negative integer"))?)
+        }
+    };
+    Ok(Command::Filter {
+        symbol,
+        signal_type,
+        since,
+    })
+}
+
+fn decode_mark_read(obj: &Map<String, Value>) -> Result<Command, ProtocolError> {
+    let id = obj
+        .get("notification_id")
+        .ok_or_else(|| ProtocolError::missing("notification_id"))?;
+    let key = notification_key(id)
+        .ok_or_else(|| ProtocolError::invalid("notification_id", "must be a string or an integer"))?;
+    Ok(Command::MarkRead {
+        notification_id: id.clone(),
+        key,
+    })
+}
+
+/// The key a notification id is stored under: its string, or the decimal
+/// form of an integer id, so `"42"` and `42` name the same notification.
+pub fn notification_key(id: &Value) -> Option<Arc<str>> {
+    match id {
+        Value::String(s) if valid_name(s) => Some(Arc::from(s.as_str())),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(Arc::from(n.to_string())),
+        _ => None,
+    }
+}
+
+fn symbols_of(obj: &Map<String, Value>) -> Result<Vec<Arc<str>>, ProtocolError> {
+    let list: Vec<&Value> = match (obj.get("symbols"), obj.get("symbol")) {
+        (Some(Value::Array(items)), _) => items.iter().collect(),
+        (Some(Value::Null) | None, Some(one)) => vec![one],
+        (Some(_), _) => return Err(ProtocolError::invalid("symbols", "must be an array of symbols")),
+        (None, None) => return Err(ProtocolError::missing("symbols")),
+    };
+    if list.is_empty() {
+        return Err(ProtocolError::invalid("symbols", "must name at least one symbol"));
+    }
+    if list.len() > MAX_SYMBOLS_PER_COMMAND {
+        return Err(ProtocolError::new(
+            ErrorCode::TooManySubscriptions,
+            format!("at most {MAX_SYMBOLS_PER_COMMAND} symbols per command"),
+        ));
+    }
+    let mut symbols: Vec<Arc<str>> = Vec::with_capacity(list.len());
+    for item in list {
+        match item {
+            Value::String(s) if valid_name(s) => {
+                if !symbols.iter().any(|have| **have == **s) {
+                    symbols.push(Arc::from(s.as_str()));
+                }
+            }
+            _ => {
+                return Err(ProtocolError::invalid(
+                    "symbols",
+                    "holds non-empty symbol names without spaces or `*`",
+                ))
+            }
+        }
+    }
+    Ok(symbols)
+}
+
+fn seq_of(v: &Value) -> Option<Seq> {
+    v.as_u64().map(Seq)
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(s: &str, e: Endpoint) -> Result<Command, ProtocolError> {
+        decode(s.as_bytes(), e).command
+    }
+
+    #[test]
+    fn subscribe_takes_one_or_many_symbols_and_since() {
+        let c = cmd(
+            r#"{"type":"subscribe","symbols":["BTC-USD","ETH-USD"],"since":{"BTC-USD":1041}}"#,
+            Endpoint::MarketData,
+        )
+        .unwrap();
+        let Command::Subscribe { symbols, since, .. } = c else {
+            panic!()
+        };
+        assert_eq!(symbols.len(), 2);
+        assert_eq!(since.get("BTC-USD"), Some(&Seq(1041)));
+        let c = cmd(r#"{"type":"subscribe","symbol":"BTC-USD"}"#, Endpoint::MarketData).unwrap();
+        assert!(matches!(c, Command::Subscribe { symbols, .. } if symbols.len() == 1));
+    }
+
+    #[test]
+    fn id_is_echoed_even_when_the_command_fails() {
+        let e = decode(br#"{"type":"bogus","id":12}"#, Endpoint::MarketData);
+        assert_eq!(e.id, Some(Value::from(12)));
+        assert_eq!(e.command.unwrap_err().code, ErrorCode::UnknownType);
+    }
+
+    #[test]
+    fn each_error_code_names_its_field() {
+        let e = cmd(r#"{"symbols":["A"]}"#, Endpoint::MarketData).unwrap_err();
+        assert_eq!(e.code, ErrorCode::MissingField);
+        let e = cmd(r#"{"type":"subscribe"}"#, Endpoint::MarketData).unwrap_err();
+        assert_eq!(e.code, ErrorCode::MissingField);
+        let e = cmd(r#"{"type":"subscribe","symbols":[1]}"#, Endpoint::MarketData).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        let e = cmd(
+            r#"{"type":"filter","signal_type":"MAYBE"}"#,
+            Endpoint::TradingSignals,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        let e = cmd("[1,2]", Endpoint::MarketData).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn commands_belong_to_their_endpoint() {
+        let e = cmd(r#"{"type":"subscribe","symbol":"A"}"#, Endpoint::Notifications).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownType);
+        assert_eq!(
+            cmd(r#"{"type":"ping"}"#, Endpoint::Notifications),
+            Ok(Command::Ping)
+        );
+    }
+
+    #[test]
+    fn filter_null_means_any() {
+        let c = cmd(
+            r#"{"type":"filter","symbol":null,"signal_type":null}"#,
+            Endpoint::TradingSignals,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::Filter {
+                symbol: None,
+                signal_type: None,
+                since: None
+            }
+        );
+    }
+
+    #[test]
+    fn mark_read_accepts_string_and_integer_ids() {
+        let c = cmd(
+            r#"{"type":"mark_read","notification_id":42}"#,
+            Endpoint::Notifications,
+        )
+        .unwrap();
+        assert!(matches!(c, Command::MarkRead { key, .. } if &*key == "42"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            for e in Endpoint::ALL {
+                let _ = decode(&bytes, e);
+            }
+        }
+    }
+}

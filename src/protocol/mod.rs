@@ -1,0 +1,258 @@
+//! The wire contract of PROTOCOL.md as Rust types: what subscribers send
+//! (`command`), what publishers send (`update`), and what the server writes
+//! back (`encode`). No I/O lives here: every function takes bytes or values
+//! and returns values, so the whole protocol is testable without a socket.
+
+pub mod command;
+pub mod encode;
+pub mod update;
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Position of a message in its stream; starts at 1 and rises by exactly 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Seq(pub u64);
+
+/// One ordered stream: a market symbol, the single signals stream, or one
+/// user's notifications.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StreamKey {
+    Symbol(Arc<str>),
+    Signals,
+    User(Arc<str>),
+}
+
+impl StreamKey {
+    /// The name a `reset` message carries in its `stream` field.
+    pub fn wire_name(&self) -> &str {
+        match self {
+            StreamKey::Symbol(s) => s,
+            StreamKey::Signals => "signals",
+            StreamKey::User(_) => "notifications",
+        }
+    }
+}
+
+/// The three subscriber endpoints, plus the publishers' ingest socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    MarketData,
+    TradingSignals,
+    Notifications,
+    Ingest,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::MarketData,
+        Endpoint::TradingSignals,
+        Endpoint::Notifications,
+        Endpoint::Ingest,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::MarketData => "market-data",
+            Endpoint::TradingSignals => "trading-signals",
+            Endpoint::Notifications => "notifications",
+            Endpoint::Ingest => "ingest",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The message types a publisher may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpdateKind {
+    MarketUpdate,
+    NewSignal,
+    SignalUpdate,
+    NewNotification,
+}
+
+impl UpdateKind {
+    pub const ALL: [UpdateKind; 4] = [
+        UpdateKind::MarketUpdate,
+        UpdateKind::NewSignal,
+        UpdateKind::SignalUpdate,
+        UpdateKind::NewNotification,
+    ];
+
+    pub fn from_wire(s: &str) -> Option<Self> {
+        Some(match s {
+            "market_update" => UpdateKind::MarketUpdate,
+            "new_signal" => UpdateKind::NewSignal,
+            "signal_update" => UpdateKind::SignalUpdate,
+            "new_notification" => UpdateKind::NewNotification,
+            _ => return None,
+        })
+    }
+
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            UpdateKind::MarketUpdate => "market_update",
+            UpdateKind::NewSignal => "new_signal",
+            UpdateKind::SignalUpdate => "signal_update",
+            UpdateKind::NewNotification => "new_notification",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignalType {
+    Buy,
+    Sell,
+    Hold,
+}
+
+impl SignalType {
+    pub fn from_wire(s: &str) -> Option<Self> {
+        Some(match s {
+            "BUY" => SignalType::Buy,
+            "SELL" => SignalType::Sell,
+            "HOLD" => SignalType::Hold,
+            _ => return None,
+        })
+    }
+
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            SignalType::Buy => "BUY",
+            SignalType::Sell => "SELL",
+            SignalType::Hold => "HOLD",
+        }
+    }
+}
+
+/// The error codes of PROTOCOL.md 1.5, as sent in `{"type":"error","code":..}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidJson,
+    UnknownType,
+    MissingField,
+    InvalidField,
+    Forbidden,
+    TooManySubscriptions,
+    RateLimited,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a command or a published entry was refused: a wire code and a
+/// message for a person. Built only on the error path, so the message may
+/// be formatted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ProtocolError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn missing(field: &str) -> Self {
+        Self::new(ErrorCode::MissingField, format!("missing field `{field}`"))
+    }
+
+    pub fn invalid(field: &str, why: &str) -> Self {
+        Self::new(ErrorCode::InvalidField, format!("field `{field}` {why}"))
+    }
+}
+
+/// Longest symbol, user id or notification id accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// A symbol, user id or notification id: non-empty, at most
+/// [`MAX_NAME_BYTES`], no whitespace or control characters, no `*` (which
+/// is reserved for token patterns).
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_BYTES
+        && s.chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '*')
+}
+
+/// Parses JSON with simd-json (which needs a mutable copy of the input);
+/// on failure re-parses with serde_json, only to give the client serde's
+/// line-and-column message.
+pub fn parse_json(input: &[u8]) -> Result<serde_json::Value, ProtocolError> {
+    let mut scratch = input.to_vec();
+    match simd_json::serde::from_slice::<serde_json::Value>(&mut scratch) {
+        Ok(v) => Ok(v),
+        Err(simd_err) => {
+            let message = match serde_json::from_slice::<serde_json::Value>(input) {
+                Err(e) => e.to_string(),
+                Ok(_) => simd_err.to_string(),
+            };
+            Err(ProtocolError::new(ErrorCode::InvalidJson, message))
+        }
+    }
+}
+
+/// Current time as RFC 3339 UTC with microseconds, the format the server
+/// fills into `timestamp` and `pong`.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_whitespace_wildcards_and_empties() {
+        assert!(valid_name("BTC-USD"));
+        assert!(valid_name("user_42@example.com"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("BTC USD"));
+        assert!(!valid_name("ETH-*"));
+        assert!(!valid_name(&"x".repeat(MAX_NAME_BYTES + 1)));
+    }
+
+    #[test]
+    fn invalid_json_reports_line_and_column() {
+        let err = parse_json(b"{\"type\": x}").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        assert!(err.message.contains("line 1 column"), "{}", err.message);
+    }
+
+    #[test]
+    fn integers_stay_integers() {
+        let v = parse_json(br#"{"a": 1000000, "b": 45000.00, "c": -3}"#).unwrap();
+        assert!(v["a"].is_u64());
+        assert!(v["b"].is_f64());
+        assert!(v["c"].is_i64());
+    }
+}

@@ -1,0 +1,164 @@
+//! The hand-off from ingress to one fanout shard: a bounded lock-free
+//! queue of updates (crossbeam's `ArrayQueue`) and an unbounded lane for
+//! the rarer control messages (subscribe, filter, queries), which the
+//! worker always takes first so that a command acknowledged to a client
+//! takes effect before any update published after the acknowledgement.
+//! A full update queue makes publishers wait (backpressure); it never
+//! drops and never blocks the worker.
+
+use std::time::Duration;
+
+use crossbeam::queue::{ArrayQueue, SegQueue};
+use crossbeam::sync::{Parker, Unparker};
+use tokio::sync::Notify;
+
+pub struct Ring<U, C> {
+    updates: ArrayQueue<U>,
+    control: SegQueue<C>,
+    wake_worker: Unparker,
+    /// Publishers waiting for room in `updates`.
+    space: Notify,
+}
+
+/// Publishing failed: the ring stayed full for the whole wait.
+#[derive(Debug)]
+pub struct RingFull<U>(pub U);
+
+impl<U, C> Ring<U, C> {
+    /// The ring and the parker its single worker sleeps on.
+    pub fn new(capacity: usize) -> (Ring<U, C>, Parker) {
+        let parker = Parker::new();
+        let ring = Ring {
+            updates: ArrayQueue::new(capacity),
+            control: SegQueue::new(),
+            wake_worker: parker.unparker().clone(),
+            space: Notify::new(),
+        };
+        (ring, parker)
+    }
+
+    /// Pushes an update, waiting up to `patience` for room.
+    pub async fn push(&self, update: U, patience: Duration) -> Result<(), RingFull<U>> {
+        let mut update = match self.updates.push(update) {
+            Ok(()) => {
+                self.wake_worker.unpark();
+                return Ok(());
+            }
+            Err(u) => u,
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let room = self.space.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.updates.push(update) {
+                Ok(()) => {
+                    self.wake_worker.unpark();
+                    return Ok(());
+                }
+                Err(u) => update = u,
+            }
+            self.wake_worker.unpark();
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(RingFull(update));
+            }
+        }
+    }
+
+    /// Pushes an update without waiting (from a thread with no runtime).
+    pub fn try_push(&self, update: U) -> Result<(), U> {
+        self.updates.push(update)?;
+        self.wake_worker.unpark();
+        Ok(())
+    }
+
+    pub fn send_control(&self, control: C) {
+        self.control.push(control);
+        self.wake_worker.unpark();
+    }
+
+    // The worker's side.
+
+    pub fn pop_control(&self) -> Option<C> {
+        self.control.pop()
+    }
+
+    pub fn has_control(&self) -> bool {
+        !self.control.is_empty()
+    }
+
+    pub fn pop_update(&self) -> Option<U> {
+        self.updates.pop()
+    }
+
+    /// Tells waiting publishers there is room again.
+    pub fn made_room(&self) {
+        self.space.notify_waiters();
+    }
+
+    pub fn depth(&self) -> usize {
+        self.updates.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.updates.capacity()
+    }
+
+    /// Wakes the worker (for shutdown).
+    pub fn wake(&self) {
+        self.wake_worker.unpark();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn order_is_kept_across_wrap_around() {
+        let (ring, _parker) = Ring::<u32, ()>::new(4);
+        let mut next_out = 0;
+        for i in 0..100 {
+            ring.push(i, Duration::from_secs(1)).await.unwrap();
+            if i % 3 == 2 {
+                while let Some(v) = ring.pop_update() {
+                    assert_eq!(v, next_out);
+                    next_out += 1;
+                }
+            }
+        }
+        while let Some(v) = ring.pop_update() {
+            assert_eq!(v, next_out);
+            next_out += 1;
+        }
+        assert_eq!(next_out, 100);
+    }
+
+    #[tokio::test]
+    async fn a_full_ring_makes_the_publisher_wait_then_gives_up() {
+        let (ring, _parker) = Ring::<u32, ()>::new(1);
+        ring.push(1, Duration::from_secs(1)).await.unwrap();
+        let err = ring.push(2, Duration::from_millis(20)).await.unwrap_err();
+        assert_eq!(err.0, 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_publisher_goes_on_when_the_worker_makes_room() {
+        let (ring, parker) = Ring::<u32, ()>::new(1);
+        let ring = Arc::new(ring);
+        ring.push(1, Duration::from_secs(1)).await.unwrap();
+        let worker = {
+            let ring = ring.clone();
+            std::thread::spawn(move || {
+                parker.park_timeout(Duration::from_secs(5));
+                let first = ring.pop_update();
+                ring.made_room();
+                first
+            })
+        };
+        ring.push(2, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(worker.join().unwrap(), Some(1));
+        assert_eq!(ring.pop_update(), Some(2));
+    }
+}

@@ -1,0 +1,296 @@
+//! Shared test harness: a real tickwire node on 127.0.0.1:0 (in-process, or
+//! as a child process where the test is about the process), real
+//! WebSocket clients, real HTTP. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tickwire::config::{Config, Overrides, RawConfig};
+use tickwire::server::{self, Node};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+pub const API_KEY: &str = "integration-test-api-key";
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits to be sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    pub http: reqwest::Client,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.node.shutdown.trigger();
+        self.node.fanout.stop();
+    }
+}
+
+pub fn overrides() -> Overrides {
+    Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        jwt_secret: Some(SECRET.into()),
+        api_keys: Some(vec![API_KEY.into()]),
+        ..Default::default()
+    }
+}
+
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+/// Starts a node with the test defaults, adjusted by `tune`.
+pub async fn start_with(tune: impl FnOnce(&mut Overrides)) -> TestServer {
+    let mut o = overrides();
+    tune(&mut o);
+    let config = Config::from_raw(RawConfig::default(), &o).expect("test config is valid");
+    let running = server::start(config).await.expect("bind 127.0.0.1:0");
+    TestServer {
+        addr: running.addr,
+        node: running.node,
+        http: reqwest::Client::new(),
+    }
+}
+
+pub fn token(sub: &str) -> String {
+    token_with(sub, None, Duration::from_secs(3600))
+}
+
+pub fn token_with(sub: &str, symbols: Option<&[&str]>, ttl: Duration) -> String {
+    let symbols: Option<Vec<String>> = symbols.map(|s| s.iter().map(|x| x.to_string()).collect());
+    tickwire::auth::mint(
+        SECRET.as_bytes(),
+        sub,
+        symbols.as_deref(),
+        SystemTime::now() + ttl,
+    )
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connects to `/ws/{endpoint}/` as `user`.
+    pub async fn connect(&self, endpoint: &str, user: &str) -> Client {
+        self.connect_token(endpoint, &token(user)).await
+    }
+
+    pub async fn connect_token(&self, endpoint: &str, token: &str) -> Client {
+        let url = format!("ws://{}/ws/{}/?token={}", self.addr, endpoint, token);
+        self.connect_url(&url).await.expect("handshake accepted")
+    }
+
+    pub async fn connect_url(&self, url: &str) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        self.connect_request(url.into_client_request()?).await
+    }
+
+    pub async fn connect_request(
+        &self,
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("handshake within the wait")?;
+        Ok(Client { ws })
+    }
+
+    /// Connects a notifications client and takes its `unread_notifications`.
+    pub async fn notifications(&self, user: &str) -> (Client, Value) {
+        let mut c = self.connect("notifications", user).await;
+        let unread = c.recv_type("unread_notifications").await;
+        (c, unread)
+    }
+
+    /// A market-data client subscribed to `symbols` (answer consumed).
+    pub async fn market(&self, user: &str, symbols: &[&str]) -> Client {
+        let mut c = self.connect("market-data", user).await;
+        c.send(json!({"type": "subscribe", "symbols": symbols})).await;
+        c.recv_type("subscribed").await;
+        c
+    }
+
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        self.publish_raw(body.to_string(), API_KEY).await
+    }
+
+    /// Publishes and insists every entry was accepted.
+    pub async fn publish_ok(&self, body: Value) {
+        let (status, answer) = self.publish(body).await;
+        assert_eq!(status, 202, "publish refused: {answer}");
+    }
+
+    pub async fn publish_raw(&self, body: String, key: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url("/api/publish"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("publish request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let (status, text) = self.get(path).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.get_json("/api/stats").await.1
+    }
+}
+
+pub fn market_update(symbol: &str, price: f64) -> Value {
+    json!({"type": "market_update", "symbol": symbol, "price": price, "change": 0.5, "volume": 1000})
+}
+
+pub fn new_signal(id: &str, symbol: &str, signal_type: &str) -> Value {
+    json!({"type": "new_signal", "signal_id": id, "symbol": symbol, "signal_type": signal_type,
+           "strength": "STRONG", "confidence_score": 85, "entry_price": 45000.0,
+           "target_price": 50000.0, "stop_loss": 42000.0})
+}
+
+pub fn notification(user: &str, id: &str) -> Value {
+    json!({"type": "new_notification", "user_id": user, "notification_id": id, "title": "Trade Executed",
+           "message": "BUY 100 BTC-USD @ $45000", "notification_type": "trade", "priority": "high"})
+}
+
+/// A WebSocket client speaking JSON.
+pub struct Client {
+    pub ws: Ws,
+}
+
+/// What a client saw when its connection ended.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+impl Client {
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, s: String) {
+        self.ws.send(Message::Text(s.into())).await.expect("send");
+    }
+
+    /// The next JSON message; panics after [`WAIT`] or on a close.
+    pub async fn recv(&mut self) -> Value {
+        match self.recv_within(WAIT).await {
+            Some(v) => v,
+            None => panic!("no message within {WAIT:?}"),
+        }
+    }
+
+    /// The next JSON message, or `None` if none comes within `d`.
+    pub async fn recv_within(&mut self, d: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server sends JSON"))
+                }
+                Some(Ok(Message::Close(f))) => panic!("closed while waiting for a message: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("socket error while waiting for a message: {e}"),
+                None => panic!("connection ended while waiting for a message"),
+            }
+        }
+    }
+
+    /// Skips messages until one of `type`; panics on timeout.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                Some(v) if v["type"] == kind => return v,
+                Some(_) => continue,
+                None => panic!("no `{kind}` within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for [`QUIET`].
+    pub async fn expect_silence(&mut self) {
+        if let Some(v) = self.recv_within(QUIET).await {
+            panic!("expected no message, got {v}");
+        }
+    }
+
+    /// Reads until the connection ends; returns the close frame seen.
+    pub async fn closed(&mut self) -> Closed {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("connection still open after {WAIT:?}"),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Closed {
+                        code: f.as_ref().map(|f| u16::from(f.code)),
+                        reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    }
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => {
+                    return Closed {
+                        code: None,
+                        reason: String::new(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn close_code(c: u16) -> CloseCode {
+    CloseCode::from(c)
+}
+
+/// Collects `n` messages of `type` into their `seq`s.
+pub async fn seqs(c: &mut Client, kind: &str, n: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let v = c.recv_type(kind).await;
+        out.push(v["seq"].as_u64().expect("every update carries seq"));
+    }
+    out
+}
+
+/// Asserts `seqs` are consecutive, starting at `first`.
+pub fn assert_consecutive(seqs: &[u64], first: u64) {
+    for (i, s) in seqs.iter().enumerate() {
+        assert_eq!(
+            *s,
+            first + i as u64,
+            "gap, duplicate or reorder at index {i}: {seqs:?}"
+        );
+    }
+}
