@@ -1,0 +1,68 @@
+//! A subscriber that stops reading is cut off (close 4002) once its
+//! outbound queue is full, is counted, and never delays the others.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A market-data client on BIG whose socket receive buffer is tiny.
+async fn stalled_client(s: &TestServer) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(s.addr).await.unwrap();
+    let req = format!("ws://{}/ws/market-data/?token={}", s.addr, token("stalled"))
+        .into_client_request()
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+        .expect("handshake");
+    let mut c = Client { ws };
+    c.send(json!({"type": "subscribe", "symbols": ["BIG"]})).await;
+    c.recv_type("subscribed").await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_is_cut_and_the_others_get_everything() {
+    // The stalled client asks the kernel for a small receive buffer, and
+    // 300 × 64 KiB is far more than the socket buffers then hold, so its
+    // queue must fill.
+    const COUNT: usize = 300;
+    const BATCH: usize = 10;
+    let s = start_with(|o| o.outbound_queue_frames = Some(64)).await;
+    let mut stalled = stalled_client(&s).await;
+    let mut healthy = s.market("healthy", &["BIG"]).await;
+    let padding = "x".repeat(64 * 1024);
+    let mut received = Vec::with_capacity(COUNT);
+    for chunk in 0..(COUNT / BATCH) {
+        let batch: Vec<Value> = (0..BATCH)
+            .map(|i| json!({"type": "market_update", "symbol": "BIG", "price": (chunk * BATCH + i) as f64, "pad": padding}))
+            .collect();
+        s.publish_ok(Value::Array(batch)).await;
+        // The healthy subscriber keeps up: it reads each batch before the next.
+        received.extend(seqs(&mut healthy, "market_update", BATCH).await);
+    }
+    assert_consecutive(&received, 1);
+
+    let mut cut = false;
+    for _ in 0..500 {
+        if s.stats().await["slow_consumer_cuts"].as_u64() >= Some(1) {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cut, "the stalled subscriber was never cut");
+    let closed = stalled.closed().await;
+    assert_eq!(closed.code, Some(4002), "{closed:?}");
+    assert_eq!(closed.reason, "slow consumer");
+    let (_, metrics) = s.get("/metrics").await;
+    assert!(
+        metrics.contains("tickwire_slow_consumer_cuts_total 1"),
+        "{metrics}"
+    );
+}
