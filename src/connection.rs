@@ -96,7 +96,7 @@ impl Session {
 
     /// Acts on one text frame. Returns a close reason when the client
     /// must be cut off.
-    fn on_text(&mut self, text: &str) -> Option<CloseReason> {
+    async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
         if !self.limit.take(Instant::now()) {
             self.node.metrics.rate_limited();
             if self.limit.strikes >= self.node.config.rate_limit_strikes {
@@ -109,7 +109,10 @@ impl Session {
         }
         let envelope = command::decode(text.as_bytes(), self.endpoint);
         let id = envelope.id.as_ref();
-        let result = envelope.command.and_then(|c| self.act(c, id));
+        let result = match envelope.command {
+            Ok(c) => self.act(c, id).await,
+            Err(e) => Err(e),
+        };
         self.node.metrics.command(result.is_ok());
         if let Err(e) = result {
             self.error(&e, id);
@@ -117,8 +120,9 @@ impl Session {
         None
     }
 
-    fn act(&mut self, command: Command, id: Option<&serde_json::Value>) -> Result<(), ProtocolError> {
-        let fanout = &self.node.fanout;
+    async fn act(&mut self, command: Command, id: Option<&serde_json::Value>) -> Result<(), ProtocolError> {
+        let node = self.node.clone();
+        let fanout = &node.fanout;
         match command {
             Command::Ping => self.reply(encode::pong(id)),
             Command::Subscribe { symbols, since, .. } => {
@@ -146,14 +150,13 @@ impl Session {
                     if self.symbols.insert(symbol.clone()) {
                         let since = since.get(&symbol).copied();
                         let key = StreamKey::Symbol(symbol.clone());
-                        fanout.control(
-                            &key,
-                            Control::Subscribe {
-                                sub: self.sub.clone(),
-                                symbol,
-                                since,
-                            },
-                        );
+                        let fetched = match (&node.replication, since) {
+                            (None, _) => None,
+                            (Some(r), Some(since)) => r.fetch_history(&key, since).await.ok(),
+                            (Some(r), None) => r.fetch_latest(&symbol).await.ok(),
+                        };
+                        let sub = self.sub.clone();
+                        fanout.control(&key, Control::Subscribe { sub, symbol, since, fetched });
                     }
                 }
             }
@@ -187,18 +190,36 @@ impl Session {
                 }
                 let answer = encode::filtered(symbol.as_deref(), signal_type.map(|t| t.wire_name()), id);
                 let filter = SignalFilter { symbol, signal_type };
+                let fetched = match (&node.replication, since) {
+                    (Some(r), Some(since)) => r.fetch_history(&StreamKey::Signals, since).await.ok(),
+                    _ => None,
+                };
+                let sub = self.sub.clone();
                 fanout.control(
                     &StreamKey::Signals,
-                    Control::Filter {
-                        sub: self.sub.clone(),
-                        filter,
-                        since,
-                        answer: Some(answer),
-                    },
+                    Control::Filter { sub, filter, since, answer: Some(answer), fetched },
                 );
             }
             Command::MarkRead { notification_id, key } => {
                 let user = self.identity.user.clone();
+                if let Some(r) = &node.replication {
+                    let frame = encode::notification_read(&notification_id, None);
+                    let origin = format!("{}/{}", r.node_id(), self.sub.id.0);
+                    match r.mark_read(&user, &key, &frame, &origin).await {
+                        Ok(true) => {
+                            self.reply(encode::notification_read(&notification_id, id));
+                            return Ok(());
+                        }
+                        Ok(false) => {
+                            return Err(ProtocolError::new(
+                                ErrorCode::InvalidField,
+                                format!("no notification `{}` for this user", key.chars().take(64).collect::<String>()),
+                            ))
+                        }
+                        // Redis is away: mark it on this node only, as embedded mode does.
+                        Err(e) => tracing::warn!(error = %e, "mark_read not stored in Redis"),
+                    }
+                }
                 fanout.control(
                     &StreamKey::User(user.clone()),
                     Control::MarkRead {
@@ -215,7 +236,7 @@ impl Session {
     }
 
     /// Joins the streams a connection gets without asking.
-    fn attach(&self) {
+    async fn attach(&self) {
         let fanout = &self.node.fanout;
         match self.endpoint {
             Endpoint::TradingSignals => fanout.control(
@@ -225,17 +246,17 @@ impl Session {
                     filter: SignalFilter::default(),
                     since: None,
                     answer: None,
+                    fetched: None,
                 },
             ),
             Endpoint::Notifications => {
                 let user = self.identity.user.clone();
-                fanout.control(
-                    &StreamKey::User(user.clone()),
-                    Control::AttachUser {
-                        sub: self.sub.clone(),
-                        user,
-                    },
-                );
+                let fetched = match &self.node.replication {
+                    Some(r) => r.fetch_unread(&user).await.ok(),
+                    None => None,
+                };
+                let sub = self.sub.clone();
+                fanout.control(&StreamKey::User(user.clone()), Control::AttachUser { sub, user, fetched });
             }
             _ => {}
         }
@@ -319,7 +340,7 @@ pub async fn serve_subscriber(
         symbols: HashSet::new(),
         limit,
     };
-    session.attach();
+    session.attach().await;
 
     let expiry = session.identity.expires_at.map(|at| {
         let left = at
@@ -376,12 +397,13 @@ async fn read_loop(
                 last_heard = Instant::now();
                 match msg {
                     None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return End::ClientClosed,
-                    Some(Ok(Message::Text(text))) => match session.on_text(&text) {
+                    Some(Ok(Message::Text(text))) => match session.on_text(&text).await {
                         Some(reason) => reason,
                         None => continue,
                     },
                     Some(Ok(Message::Binary(_))) => CloseReason::Binary,
-                    Some(Ok(Message::Close(_))) => return End::ClientClosed,
+                    // Keep reading: the next read sends tungstenite's close reply and ends.
+                    Some(Ok(Message::Close(_))) => continue,
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => match close_reason_for(&e) {
                         Some(reason) => reason,
@@ -519,9 +541,9 @@ pub async fn serve_ingest(ws: Socket, node: Arc<Node>, peer: SocketAddr) {
             msg = stream.next() => msg,
         };
         let reason = match msg {
-            None
-            | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))
-            | Some(Ok(Message::Close(_))) => break End::ClientClosed,
+            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break End::ClientClosed,
+            // Keep reading: the next read sends tungstenite's close reply and ends.
+            Some(Ok(Message::Close(_))) => continue,
             Some(Ok(Message::Text(text))) => {
                 publish_frame(&node, &outbox, text.as_bytes()).await;
                 continue;
@@ -551,6 +573,10 @@ async fn publish_frame(node: &Node, outbox: &Outbox, bytes: &[u8]) {
     };
     for (index, e) in &outcome.errors {
         let frame = json!({"type": "error", "code": e.code.as_str(), "message": e.message, "index": index});
+        outbox.push(Frame::from(frame.to_string()), None);
+    }
+    if outcome.unavailable > 0 {
+        let frame = json!({"type": "error", "code": "unavailable", "message": format!("{} entries not taken: Redis is unreachable, retry", outcome.unavailable)});
         outbox.push(Frame::from(frame.to_string()), None);
     }
     if outcome.overloaded > 0 {

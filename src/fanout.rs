@@ -31,7 +31,7 @@ use crate::outbox::{Outbox, Push};
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::update::Update;
 use crate::protocol::{ErrorCode, ProtocolError, Seq, SignalType, StreamKey, UpdateKind};
-use crate::registry::{Registry, SignalFilter, Subscriber, SubscriberId};
+use crate::registry::{Member, Registry, SignalFilter, Subscriber, SubscriberId};
 use crate::ring::Ring;
 use crate::sequencer::Sequencer;
 
@@ -41,19 +41,67 @@ const BATCH: usize = 64;
 
 /// An update on its way to fanout.
 pub struct Inbound {
-    pub update: Update,
+    pub kind: UpdateKind,
+    pub stream: StreamKey,
+    pub meta: EntryMeta,
+    pub payload: Payload,
     /// When ingress received it, for the latency histograms.
     pub received_at: Instant,
-    /// Given by Redis in cluster mode; `None` in embedded mode.
-    pub seq: Option<Seq>,
+}
+
+pub enum Payload {
+    /// Embedded mode: the worker gives the `seq` and encodes.
+    Fresh(serde_json::Map<String, Value>),
+    /// Cluster mode: Redis gave the `seq`; the frame is encoded already.
+    Sequenced { seq: Seq, frame: Frame },
+}
+
+impl Inbound {
+    /// An update validated by this node's ingress, for embedded mode.
+    pub fn fresh(update: Update, received_at: Instant) -> Inbound {
+        Inbound {
+            kind: update.kind,
+            meta: EntryMeta {
+                symbol: update.symbol,
+                signal_type: update.signal_type,
+                notification_key: update.notification_id,
+            },
+            stream: update.stream,
+            payload: Payload::Fresh(update.body),
+            received_at,
+        }
+    }
+}
+
+/// Messages of a stream read from Redis for a resuming subscriber, when
+/// this node's own history may not reach back (it started later, or was
+/// cut from Redis for a while).
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// The stream's newest `seq` in Redis.
+    pub head: Seq,
+    /// Kept messages, oldest first.
+    pub entries: Vec<FetchedEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchedEntry {
+    pub seq: Seq,
+    pub kind: UpdateKind,
+    pub frame: Frame,
+    pub meta: EntryMeta,
 }
 
 /// Changes to subscriptions and questions, applied between updates.
 pub enum Control {
+    /// Subscribes; replays from `since`, or sends the latest update.
+    /// `fetched` (cluster mode) is what Redis holds of the stream: the
+    /// messages after `since`, or the latest update.
     Subscribe {
         sub: Arc<Subscriber>,
         symbol: Arc<str>,
         since: Option<Seq>,
+        fetched: Option<Fetched>,
     },
     Unsubscribe {
         id: SubscriberId,
@@ -66,14 +114,17 @@ pub enum Control {
         filter: SignalFilter,
         since: Option<Seq>,
         answer: Option<Frame>,
+        fetched: Option<Fetched>,
     },
     RemoveSignals {
         id: SubscriberId,
     },
-    /// Sends the user's unread notifications, then live ones.
+    /// Sends the user's unread notifications, then live ones. `fetched`
+    /// (cluster mode) is the authoritative unread list from Redis.
     AttachUser {
         sub: Arc<Subscriber>,
         user: Arc<str>,
+        fetched: Option<Fetched>,
     },
     DetachUser {
         id: SubscriberId,
@@ -85,6 +136,19 @@ pub enum Control {
         notification_id: Value,
         from: Arc<Subscriber>,
         echo_id: Option<Value>,
+    },
+    /// A notification was marked read on some node (cluster mode): forget
+    /// it as unread and tell the user's connections here, except `skip`
+    /// (the one that asked, which was answered already).
+    ReadElsewhere {
+        user: Arc<str>,
+        key: Arc<str>,
+        frame: Frame,
+        skip: Option<SubscriberId>,
+    },
+    /// The newest `seq` of every stream this node follows or serves.
+    Heads {
+        reply: oneshot::Sender<Vec<(StreamKey, Seq)>>,
     },
     /// Recent signals after `since`, matching the filter, as a JSON array.
     QuerySignals {
@@ -165,6 +229,10 @@ impl Fanout {
         &self.shards[(h.finish() % self.shards.len() as u64) as usize]
     }
 
+    pub fn shards(&self) -> &[Arc<ShardRing>] {
+        &self.shards
+    }
+
     pub fn control(&self, key: &StreamKey, c: Control) {
         self.shard_for(key).send_control(c);
     }
@@ -199,6 +267,42 @@ struct StreamState {
 struct Unread {
     by_seq: BTreeMap<Seq, (Arc<str>, Frame)>,
     by_key: HashMap<Arc<str>, Seq>,
+}
+
+impl Unread {
+    fn insert(&mut self, seq: Seq, key: Arc<str>, frame: Frame, max: usize) {
+        if let Some(old) = self.by_key.insert(key.clone(), seq) {
+            self.by_seq.remove(&old);
+        }
+        self.by_seq.insert(seq, (key, frame));
+        while self.by_seq.len() > max {
+            if let Some((_, (k, _))) = self.by_seq.pop_first() {
+                self.by_key.remove(&k);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Frame> {
+        let seq = self.by_key.remove(key)?;
+        self.by_seq.remove(&seq).map(|(_, f)| f)
+    }
+
+    /// Takes Redis's list as the truth up to its head, keeping what this
+    /// node received after it.
+    fn adopt(&mut self, fetched: &Fetched, max: usize) {
+        let newer: Vec<(Seq, (Arc<str>, Frame))> =
+            self.by_seq.iter().filter(|(s, _)| **s > fetched.head).map(|(s, v)| (*s, v.clone())).collect();
+        self.by_seq.clear();
+        self.by_key.clear();
+        for e in &fetched.entries {
+            if let Some(k) = &e.meta.notification_key {
+                self.insert(e.seq, k.clone(), e.frame.clone(), max);
+            }
+        }
+        for (seq, (k, f)) in newer {
+            self.insert(seq, k, f, max);
+        }
+    }
 }
 
 struct Worker {
@@ -261,69 +365,48 @@ impl Worker {
     }
 
     fn publish(&mut self, inbound: Inbound) {
-        let Inbound {
-            update,
-            received_at,
-            seq,
-        } = inbound;
+        let Inbound { kind, stream: key, meta, payload, received_at } = inbound;
         let now = Instant::now();
-        let meta = EntryMeta {
-            symbol: update.symbol.clone(),
-            signal_type: update.signal_type,
-            notification_key: update.notification_id.clone(),
-        };
-        let stream = self.stream(&update.stream);
-        let seq = match seq {
-            Some(given) => {
-                if !stream.sequencer.observe(given) {
+        let stream = self.stream(&key);
+        let (seq, frame) = match payload {
+            Payload::Fresh(body) => {
+                let seq = stream.sequencer.next();
+                (seq, encode::update(&body, seq))
+            }
+            Payload::Sequenced { seq, frame } => {
+                if !stream.sequencer.observe(seq) {
                     return;
                 }
-                given
+                (seq, frame)
             }
-            None => stream.sequencer.next(),
         };
-        let frame = encode::update(&update.body, seq);
-        stream.history.push(seq, frame.clone(), meta, now);
-        match update.kind {
+        stream.history.push(seq, frame.clone(), meta.clone(), now);
+        match kind {
             UpdateKind::MarketUpdate => {
                 stream.latest = Some(frame.clone());
-                if let Some(symbol) = &update.symbol {
+                if let Some(symbol) = &meta.symbol {
                     self.latest.insert(symbol.clone(), frame.clone());
-                    let subs = self.registry.symbol_subscribers(symbol);
-                    deliver(subs.iter(), &frame, received_at, &mut self.wakes, &self.metrics);
+                    let subs = self.registry.symbol_subscribers(symbol).iter();
+                    deliver(subs, seq, &frame, received_at, &mut self.wakes, &self.metrics);
                 }
             }
             UpdateKind::NewSignal | UpdateKind::SignalUpdate => {
-                let symbol = update.symbol.as_deref();
-                let subs = self
-                    .registry
-                    .signal_subscribers()
-                    .iter()
-                    .filter_map(|(sub, filter)| {
-                        (filter.matches(symbol, update.signal_type)
-                            && symbol.is_none_or(|s| sub.access.allows(s)))
-                        .then_some(sub)
-                    });
-                deliver(subs, &frame, received_at, &mut self.wakes, &self.metrics);
+                let symbol = meta.symbol.as_deref();
+                let subs = self.registry.signal_subscribers().iter().filter_map(|m| {
+                    (m.filter.matches(symbol, meta.signal_type)
+                        && symbol.is_none_or(|s| m.member.sub.access.allows(s)))
+                    .then_some(&m.member)
+                });
+                deliver(subs, seq, &frame, received_at, &mut self.wakes, &self.metrics);
             }
             UpdateKind::NewNotification => {
-                let StreamKey::User(user) = &update.stream else {
-                    return;
-                };
-                if let Some(key) = &update.notification_id {
+                let StreamKey::User(user) = &key else { return };
+                if let Some(nk) = &meta.notification_key {
                     let unread = self.unread.entry(user.clone()).or_default();
-                    if let Some(old) = unread.by_key.insert(key.clone(), seq) {
-                        unread.by_seq.remove(&old);
-                    }
-                    unread.by_seq.insert(seq, (key.clone(), frame.clone()));
-                    while unread.by_seq.len() > self.config.max_unread_per_user {
-                        if let Some((_, (k, _))) = unread.by_seq.pop_first() {
-                            unread.by_key.remove(&k);
-                        }
-                    }
+                    unread.insert(seq, nk.clone(), frame.clone(), self.config.max_unread_per_user);
                 }
-                let subs = self.registry.user_connections(user);
-                deliver(subs.iter(), &frame, received_at, &mut self.wakes, &self.metrics);
+                let subs = self.registry.user_connections(user).iter();
+                deliver(subs, seq, &frame, received_at, &mut self.wakes, &self.metrics);
             }
         }
         self.metrics.publish_to_enqueue.record(received_at.elapsed());
@@ -331,57 +414,86 @@ impl Worker {
 
     fn control(&mut self, c: Control) {
         match c {
-            Control::Subscribe { sub, symbol, since } => {
-                if !self.registry.subscribe(&symbol, sub.clone()) {
+            Control::Subscribe { sub, symbol, since, fetched } => {
+                if self.registry.is_subscribed(&symbol, sub.id) {
                     return;
                 }
-                let key = StreamKey::Symbol(symbol);
-                let Some(stream) = self.streams.get_mut(&key) else {
-                    if since.is_some_and(|s| s.0 > 0) {
-                        // The client saw messages this node never had.
-                        push_now(&sub, encode::reset(key.wire_name(), Seq(1)));
-                    }
-                    return;
-                };
-                match since {
-                    Some(since) => replay(&sub, &key, stream, since, |_| true),
+                let key = StreamKey::Symbol(symbol.clone());
+                let stream = self.stream(&key);
+                let floor = match since {
+                    Some(since) => replay(&sub, &key, stream, since, fetched.as_ref(), |_| true),
                     None => {
-                        if let Some(latest) = &stream.latest {
-                            push_now(&sub, latest.clone());
+                        let local = stream.latest.as_ref().map(|f| (stream.sequencer.head(), f));
+                        let remote = fetched.as_ref().and_then(|f| f.entries.last().map(|e| (e.seq, &e.frame)));
+                        let newest = match (local, remote) {
+                            (Some(l), Some(r)) => Some(if r.0 > l.0 { r } else { l }),
+                            (l, r) => l.or(r),
+                        };
+                        match newest {
+                            Some((seq, frame)) => {
+                                push_now(&sub, frame.clone());
+                                seq
+                            }
+                            None => stream.sequencer.head(),
                         }
                     }
-                }
+                };
+                self.registry.subscribe(&symbol, sub, floor);
             }
             Control::Unsubscribe { id, symbol } => self.registry.unsubscribe(&symbol, id),
-            Control::Filter {
-                sub,
-                filter,
-                since,
-                answer,
-            } => {
+            Control::Filter { sub, filter, since, answer, fetched } => {
                 if let Some(answer) = answer {
                     push_now(&sub, answer);
                 }
-                self.registry.set_signal_filter(sub.clone(), filter.clone());
-                if let Some(since) = since {
-                    let key = StreamKey::Signals;
-                    let access = sub.access.clone();
-                    let stream = self.stream(&key);
-                    replay(&sub, &key, stream, since, |m| {
-                        filter.matches(m.symbol.as_deref(), m.signal_type)
-                            && m.symbol.as_deref().is_none_or(|s| access.allows(s))
-                    });
-                }
+                let key = StreamKey::Signals;
+                let stream = self.stream(&key);
+                let floor = match since {
+                    Some(since) => {
+                        let access = sub.access.clone();
+                        replay(&sub, &key, stream, since, fetched.as_ref(), |m| {
+                            filter.matches(m.symbol.as_deref(), m.signal_type)
+                                && m.symbol.as_deref().is_none_or(|s| access.allows(s))
+                        })
+                    }
+                    None => stream.sequencer.head(),
+                };
+                self.registry.set_signal_filter(sub, filter, floor);
             }
             Control::RemoveSignals { id } => self.registry.remove_signal_subscriber(id),
-            Control::AttachUser { sub, user } => {
-                let frames = self
-                    .unread
-                    .get(&user)
-                    .into_iter()
-                    .flat_map(|u| u.by_seq.values().map(|(_, f)| f));
-                push_now(&sub, encode::unread_notifications(frames));
-                self.registry.attach_user(&user, sub);
+            Control::AttachUser { sub, user, fetched } => {
+                let unread = self.unread.entry(user.clone()).or_default();
+                let mut floor = Seq(0);
+                if let Some(f) = fetched {
+                    unread.adopt(&f, self.config.max_unread_per_user);
+                    floor = f.head;
+                }
+                push_now(&sub, encode::unread_notifications(unread.by_seq.values().map(|(_, f)| f)));
+                let head = self.streams.get(&StreamKey::User(user.clone())).map(|s| s.sequencer.head());
+                self.registry.attach_user(&user, sub, floor.max(head.unwrap_or_default()));
+            }
+            Control::ReadElsewhere { user, key, frame, skip } => {
+                if let Some(u) = self.unread.get_mut(&user) {
+                    u.remove(&key);
+                }
+                for m in self.registry.user_connections(&user) {
+                    if Some(m.sub.id) != skip {
+                        push_now(&m.sub, frame.clone());
+                    }
+                }
+            }
+            Control::Heads { reply } => {
+                let mut heads: HashMap<StreamKey, Seq> =
+                    self.streams.iter().map(|(k, s)| (k.clone(), s.sequencer.head())).collect();
+                for symbol in self.registry.symbols() {
+                    heads.entry(StreamKey::Symbol(symbol.clone())).or_default();
+                }
+                for user in self.registry.users() {
+                    heads.entry(StreamKey::User(user.clone())).or_default();
+                }
+                if !self.registry.signal_subscribers().is_empty() {
+                    heads.entry(StreamKey::Signals).or_default();
+                }
+                let _ = reply.send(heads.into_iter().collect());
             }
             Control::DetachUser { id, user } => self.registry.detach_user(&user, id),
             Control::MarkRead {
@@ -436,10 +548,7 @@ impl Worker {
         from: Arc<Subscriber>,
         echo_id: Option<Value>,
     ) {
-        let was_unread = self.unread.get_mut(&user).and_then(|u| {
-            let seq = u.by_key.remove(&key)?;
-            u.by_seq.remove(&seq)
-        });
+        let was_unread = self.unread.get_mut(&user).and_then(|u| u.remove(&key));
         let known = was_unread.is_some()
             || self.streams.get(&StreamKey::User(user.clone())).is_some_and(|s| {
                 s.history
@@ -460,12 +569,12 @@ impl Worker {
         }
         let plain = encode::notification_read(&notification_id, None);
         let mut sent_to_sender = false;
-        for sub in self.registry.user_connections(&user) {
-            if sub.id == from.id {
+        for m in self.registry.user_connections(&user) {
+            if m.sub.id == from.id {
                 sent_to_sender = true;
-                push_now(sub, encode::notification_read(&notification_id, echo_id.as_ref()));
+                push_now(&m.sub, encode::notification_read(&notification_id, echo_id.as_ref()));
             } else {
-                push_now(sub, plain.clone());
+                push_now(&m.sub, plain.clone());
             }
         }
         if !sent_to_sender {
@@ -490,25 +599,61 @@ fn stream_state<'a>(
 }
 
 /// Sends what a client that last saw `since` missed: a `reset` first when
-/// the window does not reach back, then the kept messages after `since`
-/// that `wanted` selects.
+/// what is kept (here, and in Redis when `fetched`) does not reach back,
+/// then the kept messages after `since` that `wanted` selects. Returns the
+/// newest `seq` sent or known, the subscriber's floor for live messages.
 fn replay(
     sub: &Subscriber,
     key: &StreamKey,
     stream: &mut StreamState,
     since: Seq,
+    fetched: Option<&Fetched>,
     wanted: impl Fn(&EntryMeta) -> bool,
-) {
+) -> Seq {
     stream.history.expire(Instant::now());
-    let plan = stream.history.replay(since, stream.sequencer.head());
-    if let Some(oldest) = plan.reset {
+    let local = stream.history.entries();
+    let remote: &[FetchedEntry] = fetched.map_or(&[], |f| &f.entries);
+    let head = stream.sequencer.head().max(fetched.map_or(Seq(0), |f| f.head));
+    let oldest = match (local.front().map(|e| e.seq), remote.first().map(|e| e.seq)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let reset = if since > head {
+        Some(oldest.unwrap_or(Seq(head.0 + 1)))
+    } else if since < head {
+        match oldest {
+            Some(o) if o.0 <= since.0 + 1 => None,
+            Some(o) => Some(o),
+            None => Some(Seq(head.0 + 1)),
+        }
+    } else {
+        None
+    };
+    if let Some(oldest) = reset {
         push_now(sub, encode::reset(key.wire_name(), oldest));
     }
-    for e in stream.history.entries().iter().skip(plan.from) {
-        if wanted(&e.meta) && push_now(sub, e.frame.clone()) != Push::Queued {
-            return;
+    // A client ahead of this node's stream gets everything kept.
+    let since = if since > head { Seq(0) } else { since };
+    // Merge the two ordered lists by seq, each message once.
+    let mut l = local.iter().filter(|e| e.seq > since).peekable();
+    let mut r = remote.iter().filter(|e| e.seq > since).peekable();
+    loop {
+        let next = match (l.peek(), r.peek()) {
+            (None, None) => break,
+            (Some(a), Some(b)) if a.seq == b.seq => {
+                r.next();
+                l.next().map(|e| (&e.frame, &e.meta))
+            }
+            (Some(a), Some(b)) if b.seq < a.seq => r.next().map(|e| (&e.frame, &e.meta)),
+            (Some(_), _) => l.next().map(|e| (&e.frame, &e.meta)),
+            (None, Some(_)) => r.next().map(|e| (&e.frame, &e.meta)),
+        };
+        let Some((frame, meta)) = next else { break };
+        if wanted(meta) && push_now(sub, frame.clone()) != Push::Queued {
+            break;
         }
     }
+    head
 }
 
 fn push_now(sub: &Subscriber, frame: Frame) -> Push {
@@ -516,15 +661,19 @@ fn push_now(sub: &Subscriber, frame: Frame) -> Push {
 }
 
 fn deliver<'a>(
-    subs: impl Iterator<Item = &'a Arc<Subscriber>>,
+    members: impl Iterator<Item = &'a Member>,
+    seq: Seq,
     frame: &Frame,
     received_at: Instant,
     wakes: &mut Vec<Arc<Outbox>>,
     metrics: &Metrics,
 ) {
-    for sub in subs {
-        match sub.outbox.push_deferred(frame.clone(), Some(received_at)) {
-            (Push::Queued, true) => wakes.push(sub.outbox.clone()),
+    for m in members {
+        if !m.wants(seq) {
+            continue;
+        }
+        match m.sub.outbox.push_deferred(frame.clone(), Some(received_at)) {
+            (Push::Queued, true) => wakes.push(m.sub.outbox.clone()),
             (Push::Overflowed, _) => metrics.slow_consumer_cut(),
             _ => {}
         }

@@ -12,7 +12,7 @@ use crate::protocol::{Seq, SignalType};
 
 /// What a filter or a lookup needs to know of a kept message without
 /// parsing its frame again.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EntryMeta {
     pub symbol: Option<Arc<str>>,
     pub signal_type: Option<SignalType>,

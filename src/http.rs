@@ -288,6 +288,13 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) 
         .iter()
         .map(|(index, e)| json!({"index": index, "code": e.code.as_str(), "message": e.message}))
         .collect();
+    if outcome.unavailable > 0 {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"accepted": outcome.accepted, "errors": errors, "unavailable": outcome.unavailable,
+                   "error": "Redis is unreachable: nothing of this request was published"}),
+        );
+    }
     if outcome.overloaded > 0 {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -304,20 +311,48 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) 
     }
 }
 
-async fn market_one(State(node): State<Arc<Node>>, Path(symbol): Path<String>) -> Response {
-    match node.fanout.latest.get(symbol.as_str()) {
-        Some(frame) => frame_response(frame.clone()),
+/// The symbols a polling request may see: all, or its token's claim
+/// when it carries one (a token is optional on these endpoints).
+fn optional_access(node: &Node, headers: &HeaderMap, query: Option<&str>) -> Result<SymbolAccess, Response> {
+    match auth::find_token(headers, query) {
+        None => Ok(SymbolAccess::All),
+        Some(_) => authenticate(node, headers, query, Endpoint::MarketData)
+            .map(|id| id.symbols)
+            .map_err(|e| auth_failure(node, e)),
+    }
+}
+
+async fn market_one(State(node): State<Arc<Node>>, Path(symbol): Path<String>, req: Request) -> Response {
+    let access = match optional_access(&node, req.headers(), req.uri().query()) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if !access.allows(&symbol) {
+        return error_response(StatusCode::FORBIDDEN, format!("your token does not allow {symbol}"));
+    }
+    let remote = match &node.replication {
+        Some(r) => r.fetch_latest(&symbol).await.ok().and_then(|f| f.entries.into_iter().last().map(|e| e.frame)),
+        None => None,
+    };
+    match remote.or_else(|| node.fanout.latest.get(symbol.as_str()).map(|f| f.clone())) {
+        Some(frame) => frame_response(frame),
         None => error_response(StatusCode::NOT_FOUND, format!("no market data for {symbol}")),
     }
 }
 
-async fn market_all(State(node): State<Arc<Node>>) -> Response {
-    let mut all: Vec<(Arc<str>, Frame)> = node
-        .fanout
-        .latest
-        .iter()
-        .map(|e| (e.key().clone(), e.value().clone()))
-        .collect();
+async fn market_all(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let access = match optional_access(&node, req.headers(), req.uri().query()) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let remote = match &node.replication {
+        Some(r) => r.fetch_all_latest().await.ok(),
+        None => None,
+    };
+    let mut all: Vec<(String, Frame)> = remote.unwrap_or_else(|| {
+        node.fanout.latest.iter().map(|e| (e.key().to_string(), e.value().clone())).collect()
+    });
+    all.retain(|(symbol, _)| access.allows(symbol));
     all.sort_by(|a, b| a.0.cmp(&b.0));
     frame_response(encode::json_array(all.iter().map(|(_, f)| f)))
 }
@@ -391,8 +426,24 @@ async fn notifications(State(node): State<Arc<Node>>, req: Request) -> Response 
         Ok(s) => s,
         Err(r) => return r,
     };
-    let (reply, answer) = tokio::sync::oneshot::channel();
     let user = identity.user.clone();
+    if let Some(r) = &node.replication {
+        let key = StreamKey::User(user.clone());
+        if let (Ok(history), Ok(unread)) = tokio::join!(r.fetch_history(&key, since), r.fetch_unread(&user)) {
+            let unread: std::collections::HashSet<&str> =
+                unread.entries.iter().filter_map(|e| e.meta.notification_key.as_deref()).collect();
+            let frames: Vec<Frame> = history
+                .entries
+                .iter()
+                .map(|e| {
+                    let read = e.meta.notification_key.as_deref().is_none_or(|k| !unread.contains(k));
+                    encode::with_flag(&e.frame, "read", read)
+                })
+                .collect();
+            return frame_response(encode::json_array(frames.iter()));
+        }
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
     node.fanout.control(
         &StreamKey::User(user.clone()),
         Control::QueryNotifications { user, since, reply },
@@ -404,10 +455,12 @@ async fn notifications(State(node): State<Arc<Node>>, req: Request) -> Response 
 }
 
 async fn stats(State(node): State<Arc<Node>>) -> Response {
-    json_response(
-        StatusCode::OK,
-        node.metrics.stats_json(&node.fanout.ring_depths()),
-    )
+    let mut stats = node.metrics.stats_json(&node.fanout.ring_depths());
+    if let Some(r) = &node.replication {
+        stats["redis"]["nodes"] = json!(r.nodes());
+        stats["redis"]["node_id"] = json!(r.node_id());
+    }
+    json_response(StatusCode::OK, stats)
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
@@ -421,10 +474,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 
 async fn ready(State(node): State<Arc<Node>>) -> Response {
     if node.shutdown.is_triggered() {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "shutting down"}),
-        );
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "shutting down"}));
+    }
+    if !node.is_ready() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "redis unavailable"}));
     }
     json_response(StatusCode::OK, json!({"status": "ready"}))
 }

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::fanout::{Fanout, Inbound};
 use crate::metrics::Metrics;
+use crate::replication::Replication;
 use crate::protocol::update::{decode_batch, Update};
 use crate::protocol::{ErrorCode, ProtocolError, SignalType, UpdateKind};
 
@@ -40,10 +41,14 @@ pub struct Outcome {
     pub errors: Vec<(usize, ProtocolError)>,
     /// Entries not taken because the server stayed saturated.
     pub overloaded: usize,
+    /// Entries not taken because Redis is unreachable (cluster mode).
+    pub unavailable: usize,
 }
 
 pub struct Ingress {
     fanout: Arc<Fanout>,
+    /// Cluster mode: Redis sequences, stores and spreads every update.
+    replication: Option<Arc<Replication>>,
     /// A dashmap: any number of publishers validate signal updates at once.
     signals: DashMap<Arc<str>, SignalState>,
     metrics: Arc<Metrics>,
@@ -53,9 +58,10 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    pub fn new(fanout: Arc<Fanout>, metrics: Arc<Metrics>) -> Ingress {
+    pub fn new(fanout: Arc<Fanout>, replication: Option<Arc<Replication>>, metrics: Arc<Metrics>) -> Ingress {
         Ingress {
             fanout,
+            replication,
             signals: DashMap::new(),
             metrics,
             patience: Duration::from_secs(5),
@@ -64,30 +70,66 @@ impl Ingress {
 
     /// Publishes every valid entry of a body, in order.
     pub async fn publish(&self, body: &[u8]) -> Result<Outcome, ProtocolError> {
+        self.publish_claimed(body, None).await
+    }
+
+    /// Publishes a body; `claim` (cluster mode, for the Redis ingest
+    /// channel) names it so that only one node of the cluster takes it.
+    pub async fn publish_claimed(&self, body: &[u8], claim: Option<&str>) -> Result<Outcome, ProtocolError> {
         let received_at = Instant::now();
+        let received_micros = crate::replication::layout::now_micros();
         let entries = decode_batch(body).inspect_err(|_| self.metrics.publish_rejected(1))?;
         let mut outcome = Outcome::default();
-        for (index, entry) in entries.into_iter().enumerate() {
-            let update = match entry.and_then(|u| self.complete(u)) {
-                Ok(u) => u,
-                Err(e) => {
-                    outcome.errors.push((index, e));
-                    continue;
+        match &self.replication {
+            None => {
+                for (index, entry) in entries.into_iter().enumerate() {
+                    let update = match entry.and_then(|u| self.complete(u)) {
+                        Ok(u) => u,
+                        Err(e) => {
+                            outcome.errors.push((index, e));
+                            continue;
+                        }
+                    };
+                    let kind = update.kind;
+                    let ring = self.fanout.shard_for(&update.stream);
+                    match ring.push(Inbound::fresh(update, received_at), self.patience).await {
+                        Ok(()) => {
+                            outcome.accepted += 1;
+                            self.metrics.published(kind);
+                        }
+                        Err(_) => outcome.overloaded += 1,
+                    }
                 }
-            };
-            let kind = update.kind;
-            let ring = self.fanout.shard_for(&update.stream);
-            let inbound = Inbound {
-                update,
-                received_at,
-                seq: None,
-            };
-            match ring.push(inbound, self.patience).await {
-                Ok(()) => {
-                    outcome.accepted += 1;
-                    self.metrics.published(kind);
+            }
+            Some(replication) => {
+                let mut valid = Vec::new();
+                let mut places = Vec::new();
+                for (index, entry) in entries.into_iter().enumerate() {
+                    match entry {
+                        Ok(u) => {
+                            places.push(index);
+                            valid.push(u);
+                        }
+                        Err(e) => outcome.errors.push((index, e)),
+                    }
                 }
-                Err(_) => outcome.overloaded += 1,
+                let kinds: Vec<UpdateKind> = valid.iter().map(|u| u.kind).collect();
+                if !valid.is_empty() {
+                    match replication.publish(valid, claim, received_micros).await {
+                        Ok(results) => {
+                            for ((index, result), kind) in places.iter().zip(results).zip(kinds) {
+                                if result < 0 {
+                                    outcome.errors.push((*index, unknown_signal()));
+                                } else {
+                                    outcome.accepted += 1;
+                                    self.metrics.published(kind);
+                                }
+                            }
+                        }
+                        Err(_) => outcome.unavailable = places.len(),
+                    }
+                }
+                outcome.errors.sort_by_key(|(i, _)| *i);
             }
         }
         self.metrics.publish_rejected(outcome.errors.len() as u64);
@@ -153,6 +195,10 @@ impl Ingress {
             _ => Ok(u),
         }
     }
+}
+
+fn unknown_signal() -> ProtocolError {
+    ProtocolError::new(ErrorCode::InvalidField, "signal_id names no known signal")
 }
 
 fn next_born() -> u64 {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
+pub mod replication;
 pub mod ring;
 pub mod sequencer;
 pub mod server;

@@ -3,6 +3,11 @@
 //! Owned by the shard's worker alone, so plain maps and vectors serve with
 //! no lock; a stream's subscribers are a `Vec` because fanout walks them
 //! far more often than connections come and go.
+//!
+//! Each membership carries a floor: the highest `seq` of that stream the
+//! subscriber already got by other means (a replay fetched from Redis that
+//! ran ahead of this node's live stream). Live messages at or below it
+//! are skipped for that subscriber, so nothing arrives twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +15,7 @@ use std::sync::Arc;
 
 use crate::auth::SymbolAccess;
 use crate::outbox::Outbox;
-use crate::protocol::SignalType;
+use crate::protocol::{Seq, SignalType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SubscriberId(pub u64);
@@ -51,70 +56,106 @@ impl SignalFilter {
     }
 }
 
+/// One subscriber in one stream's set.
+pub struct Member {
+    pub sub: Arc<Subscriber>,
+    /// Live messages with a `seq` at or below this were already sent.
+    pub floor: Seq,
+}
+
+impl Member {
+    pub fn wants(&self, seq: Seq) -> bool {
+        seq > self.floor
+    }
+}
+
+/// A signal subscriber: its membership and its filter.
+pub struct SignalMember {
+    pub member: Member,
+    pub filter: SignalFilter,
+}
+
 #[derive(Default)]
 pub struct Registry {
-    symbols: HashMap<Arc<str>, Vec<Arc<Subscriber>>>,
-    users: HashMap<Arc<str>, Vec<Arc<Subscriber>>>,
-    signals: Vec<(Arc<Subscriber>, SignalFilter)>,
+    symbols: HashMap<Arc<str>, Vec<Member>>,
+    users: HashMap<Arc<str>, Vec<Member>>,
+    signals: Vec<SignalMember>,
+}
+
+fn add(list: &mut Vec<Member>, sub: Arc<Subscriber>, floor: Seq) -> bool {
+    if list.iter().any(|m| m.sub.id == sub.id) {
+        return false;
+    }
+    list.push(Member { sub, floor });
+    true
+}
+
+fn remove(map: &mut HashMap<Arc<str>, Vec<Member>>, key: &str, id: SubscriberId) {
+    if let Some(list) = map.get_mut(key) {
+        list.retain(|m| m.sub.id != id);
+        if list.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 impl Registry {
+    /// Whether `id` is subscribed to `symbol`.
+    pub fn is_subscribed(&self, symbol: &str, id: SubscriberId) -> bool {
+        self.symbols.get(symbol).is_some_and(|l| l.iter().any(|m| m.sub.id == id))
+    }
+
     /// Adds `sub` to `symbol`; false when it was already there.
-    pub fn subscribe(&mut self, symbol: &Arc<str>, sub: Arc<Subscriber>) -> bool {
-        let list = self.symbols.entry(symbol.clone()).or_default();
-        if list.iter().any(|s| s.id == sub.id) {
-            return false;
-        }
-        list.push(sub);
-        true
+    pub fn subscribe(&mut self, symbol: &Arc<str>, sub: Arc<Subscriber>, floor: Seq) -> bool {
+        add(self.symbols.entry(symbol.clone()).or_default(), sub, floor)
     }
 
     pub fn unsubscribe(&mut self, symbol: &str, id: SubscriberId) {
-        if let Some(list) = self.symbols.get_mut(symbol) {
-            list.retain(|s| s.id != id);
-            if list.is_empty() {
-                self.symbols.remove(symbol);
-            }
-        }
+        remove(&mut self.symbols, symbol, id);
     }
 
-    pub fn symbol_subscribers(&self, symbol: &str) -> &[Arc<Subscriber>] {
+    pub fn symbol_subscribers(&self, symbol: &str) -> &[Member] {
         self.symbols.get(symbol).map_or(&[], Vec::as_slice)
     }
 
-    pub fn attach_user(&mut self, user: &Arc<str>, sub: Arc<Subscriber>) {
-        let list = self.users.entry(user.clone()).or_default();
-        if !list.iter().any(|s| s.id == sub.id) {
-            list.push(sub);
-        }
+    /// The symbols some local subscriber holds.
+    pub fn symbols(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.symbols.keys()
+    }
+
+    pub fn attach_user(&mut self, user: &Arc<str>, sub: Arc<Subscriber>, floor: Seq) {
+        add(self.users.entry(user.clone()).or_default(), sub, floor);
     }
 
     pub fn detach_user(&mut self, user: &str, id: SubscriberId) {
-        if let Some(list) = self.users.get_mut(user) {
-            list.retain(|s| s.id != id);
-            if list.is_empty() {
-                self.users.remove(user);
-            }
-        }
+        remove(&mut self.users, user, id);
     }
 
-    pub fn user_connections(&self, user: &str) -> &[Arc<Subscriber>] {
+    pub fn user_connections(&self, user: &str) -> &[Member] {
         self.users.get(user).map_or(&[], Vec::as_slice)
     }
 
+    /// The users with a local connection.
+    pub fn users(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.users.keys()
+    }
+
     /// Sets (or first adds) a signal subscriber's filter.
-    pub fn set_signal_filter(&mut self, sub: Arc<Subscriber>, filter: SignalFilter) {
-        match self.signals.iter_mut().find(|(s, _)| s.id == sub.id) {
-            Some(entry) => entry.1 = filter,
-            None => self.signals.push((sub, filter)),
+    pub fn set_signal_filter(&mut self, sub: Arc<Subscriber>, filter: SignalFilter, floor: Seq) {
+        match self.signals.iter_mut().find(|m| m.member.sub.id == sub.id) {
+            Some(entry) => {
+                entry.filter = filter;
+                entry.member.floor = entry.member.floor.max(floor);
+            }
+            None => self.signals.push(SignalMember { member: Member { sub, floor }, filter }),
         }
     }
 
     pub fn remove_signal_subscriber(&mut self, id: SubscriberId) {
-        self.signals.retain(|(s, _)| s.id != id);
+        self.signals.retain(|m| m.member.sub.id != id);
     }
 
-    pub fn signal_subscribers(&self) -> &[(Arc<Subscriber>, SignalFilter)] {
+    pub fn signal_subscribers(&self) -> &[SignalMember] {
         &self.signals
     }
 
@@ -145,8 +186,9 @@ mod tests {
         let mut r = Registry::default();
         let s = sub();
         let sym: Arc<str> = "A".into();
-        assert!(r.subscribe(&sym, s.clone()));
-        assert!(!r.subscribe(&sym, s.clone()));
+        assert!(r.subscribe(&sym, s.clone(), Seq(0)));
+        assert!(!r.subscribe(&sym, s.clone(), Seq(0)));
+        assert!(r.is_subscribed("A", s.id));
         assert_eq!(r.symbol_subscribers("A").len(), 1);
         r.unsubscribe("A", s.id);
         assert!(r.symbol_subscribers("A").is_empty());
@@ -157,16 +199,16 @@ mod tests {
     fn signal_filters_replace_and_match() {
         let mut r = Registry::default();
         let s = sub();
-        r.set_signal_filter(s.clone(), SignalFilter::default());
+        r.set_signal_filter(s.clone(), SignalFilter::default(), Seq(0));
         r.set_signal_filter(
             s.clone(),
-            SignalFilter {
-                symbol: Some("BTC-USD".into()),
-                signal_type: Some(SignalType::Buy),
-            },
+            SignalFilter { symbol: Some("BTC-USD".into()), signal_type: Some(SignalType::Buy) },
+            Seq(7),
         );
         assert_eq!(r.signal_subscribers().len(), 1);
-        let f = &r.signal_subscribers()[0].1;
+        assert!(!r.signal_subscribers()[0].member.wants(Seq(7)));
+        assert!(r.signal_subscribers()[0].member.wants(Seq(8)));
+        let f = &r.signal_subscribers()[0].filter;
         assert!(f.matches(Some("BTC-USD"), Some(SignalType::Buy)));
         assert!(!f.matches(Some("BTC-USD"), Some(SignalType::Sell)));
         assert!(!f.matches(Some("ETH-USD"), Some(SignalType::Buy)));

@@ -21,6 +21,7 @@ use crate::fanout::{Fanout, FanoutConfig};
 use crate::http::{router, PeerAddr};
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
+use crate::replication::Replication;
 use crate::shutdown::Shutdown;
 
 /// Everything a connection or a request handler needs of its node.
@@ -28,6 +29,8 @@ pub struct Node {
     pub config: Config,
     pub fanout: Arc<Fanout>,
     pub ingress: Ingress,
+    /// Cluster mode's link to Redis; `None` in embedded mode.
+    pub replication: Option<Arc<Replication>>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     /// Open WebSocket connections, for `max_connections`.
@@ -69,11 +72,20 @@ impl Node {
             },
             metrics.clone(),
         );
-        let ingress = Ingress::new(fanout.clone(), metrics.clone());
+        let replication = config.redis_url.as_ref().map(|url| {
+            Arc::new(Replication::new(
+                url.clone(),
+                config.ingest_channel.clone(),
+                config.history_messages.get(),
+                config.max_unread_per_user.get(),
+            ))
+        });
+        let ingress = Ingress::new(fanout.clone(), replication.clone(), metrics.clone());
         Arc::new(Node {
             config,
             fanout,
             ingress,
+            replication,
             metrics,
             shutdown: Shutdown::default(),
             open: AtomicUsize::new(0),
@@ -112,6 +124,11 @@ impl Node {
         })
     }
 
+    /// Ready to serve: not shutting down, and Redis up where configured.
+    pub fn is_ready(&self) -> bool {
+        !self.shutdown.is_triggered() && self.replication.as_ref().is_none_or(|r| r.is_up())
+    }
+
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
@@ -138,6 +155,9 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         "embedded"
     };
     tracing::info!(mode, shards = node.config.shards.get(), "listening on {addr}");
+    if let Some(replication) = &node.replication {
+        tokio::spawn(replication.clone().run(node.clone()));
+    }
     let task = tokio::spawn(serve(listener, node.clone()));
     Ok(Running { addr, node, task })
 }

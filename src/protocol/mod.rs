@@ -248,6 +248,15 @@ mod tests {
         assert!(err.message.contains("line 1 column"), "{}", err.message);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn published_floats_parse_to_exactly_the_same_number(x in proptest::num::f64::NORMAL) {
+            let text = format!("{{\"p\":{}}}", serde_json::Number::from_f64(x).unwrap());
+            let v = parse_json(text.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(v["p"].as_f64(), Some(x));
+        }
+    }
+
     #[test]
     fn integers_stay_integers() {
         let v = parse_json(br#"{"a": 1000000, "b": 45000.00, "c": -3}"#).unwrap();
