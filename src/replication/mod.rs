@@ -125,6 +125,10 @@ pub struct Replication {
     mark_read_script: Script,
     /// Other nodes heard from, by id, for the dashboard.
     nodes: Mutex<HashMap<String, Instant>>,
+    /// The id of the Redis data set this node last saw; a different one
+    /// after a reconnect means Redis lost its data (restarted without
+    /// persistence), and the stream counters must be re-seeded.
+    epoch: Mutex<Option<String>>,
 }
 
 impl Replication {
@@ -145,6 +149,7 @@ impl Replication {
             publish_script: Script::new(PUBLISH_LUA),
             mark_read_script: Script::new(MARK_READ_LUA),
             nodes: Mutex::new(HashMap::new()),
+            epoch: Mutex::new(None),
         }
     }
 
@@ -394,7 +399,9 @@ impl Replication {
         };
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
 
-        self.catch_up(node).await?;
+        let heads = self.heads(node).await;
+        self.check_epoch(&conn, &heads).await?;
+        self.catch_up(node, heads).await?;
         self.up.store(true, Ordering::Release);
         node.metrics.set_redis_connected(true);
         tracing::info!(url = %self.url, cluster, node = %self.node_id, "Redis link up: ready");
@@ -488,9 +495,8 @@ impl Replication {
         Ok(())
     }
 
-    /// Brings every stream this node follows up to Redis's head, before
-    /// live messages (waiting in the push queue) are taken.
-    async fn catch_up(&self, node: &Arc<Node>) -> Result<(), ReplicationError> {
+    /// The newest `seq` of every stream this node follows.
+    async fn heads(&self, node: &Arc<Node>) -> Vec<(StreamKey, Seq)> {
         let mut heads = Vec::new();
         for ring in node.fanout.shards() {
             let (reply, answer) = oneshot::channel();
@@ -499,6 +505,41 @@ impl Replication {
                 heads.extend(h);
             }
         }
+        heads
+    }
+
+    /// Notices a Redis that lost its data since this node last saw it, and
+    /// puts back every stream counter this node knows, so numbering goes on
+    /// where it stopped: no `seq` is given twice. Every node does the same;
+    /// a counter only ever rises.
+    async fn check_epoch(&self, conn: &Conn, heads: &[(StreamKey, Seq)]) -> Result<(), ReplicationError> {
+        let mut c = conn.clone();
+        let fresh = format!("{}-{}", self.node_id, layout::now_micros());
+        let set = redis::cmd("SET").arg("tw:epoch").arg(&fresh).arg("NX").to_owned();
+        let _: RValue = c.run(&set).await?;
+        let epoch: String = c.run(&redis::cmd("GET").arg("tw:epoch").to_owned()).await?;
+        let previous = self.epoch.lock().unwrap_or_else(|p| p.into_inner()).replace(epoch.clone());
+        if previous.is_none_or(|p| p == epoch) {
+            return Ok(());
+        }
+        tracing::warn!(streams = heads.len(), "Redis lost its data (restarted without persistence): re-seeding stream counters");
+        let raise = Script::new("local v = tonumber(redis.call('GET', KEYS[1]) or '0') if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end return 1");
+        for (key, head) in heads {
+            if head.0 == 0 {
+                continue;
+            }
+            let sid = layout::stream_id(key);
+            let counter = format!("{}seq:{sid}", layout::prefix(layout::group_of(&sid)));
+            let mut inv = raise.key(counter);
+            inv.arg(head.0);
+            let _: i64 = c.script(&inv).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings every stream this node follows up to Redis's head, before
+    /// live messages (waiting in the push queue) are taken.
+    async fn catch_up(&self, node: &Arc<Node>, heads: Vec<(StreamKey, Seq)>) -> Result<(), ReplicationError> {
         let mut caught = 0usize;
         for (key, head) in heads {
             let fetched = self.fetch_history(&key, head).await?;

@@ -25,10 +25,23 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// How long a test waits to be sure something does not happen.
 pub const QUIET: Duration = Duration::from_millis(300);
 
-pub struct TestServer {
+/// A node reached over the network: its address and an HTTP client.
+pub struct Api {
     pub addr: SocketAddr,
-    pub node: Arc<Node>,
     pub http: reqwest::Client,
+}
+
+/// An in-process node.
+pub struct TestServer {
+    pub api: Api,
+    pub node: Arc<Node>,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Drop for TestServer {
@@ -58,9 +71,11 @@ pub async fn start_with(tune: impl FnOnce(&mut Overrides)) -> TestServer {
     let config = Config::from_raw(RawConfig::default(), &o).expect("test config is valid");
     let running = server::start(config).await.expect("bind 127.0.0.1:0");
     TestServer {
-        addr: running.addr,
+        api: Api {
+            addr: running.addr,
+            http: reqwest::Client::new(),
+        },
         node: running.node,
-        http: reqwest::Client::new(),
     }
 }
 
@@ -80,7 +95,7 @@ pub fn token_with(sub: &str, symbols: Option<&[&str]>, ttl: Duration) -> String 
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-impl TestServer {
+impl Api {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -292,5 +307,207 @@ pub fn assert_consecutive(seqs: &[u64], first: u64) {
             first + i as u64,
             "gap, duplicate or reorder at index {i}: {seqs:?}"
         );
+    }
+}
+
+/// A real `redis-server` on a spare loopback port, with no persistence,
+/// stopped (by its PID) when dropped.
+pub struct Redis {
+    pub port: u16,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    extra: Vec<String>,
+}
+
+pub fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let port = spare_port();
+        let dir = std::env::temp_dir().join(format!("tickwire-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Redis::spawn(port, &dir, &extra);
+        let r = Redis {
+            port,
+            child,
+            dir,
+            extra,
+        };
+        r.wait_up();
+        r
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> std::process::Child {
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)")
+    }
+
+    fn wait_up(&self) {
+        for _ in 0..200 {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server on {} did not start", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server and starts a new, empty one on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Redis::spawn(self.port, &self.dir, &self.extra);
+        self.wait_up();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A tickwire node as a child process, killed (by its PID) when dropped.
+pub struct NodeProc {
+    pub api: Api,
+    child: std::process::Child,
+    /// Lines the node printed, for diagnostics.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for NodeProc {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl NodeProc {
+    /// Starts `tickwire` with the test secret and key, on a free port.
+    pub fn start(extra: &[&str]) -> NodeProc {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--jwt-secret",
+                SECRET,
+                "--api-key",
+                API_KEY,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tickwire");
+        let stdout = child.stdout.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Some(at) = line.find("listening on ") {
+                        let addr: String = line[at + 13..]
+                            .chars()
+                            .take_while(|c| !c.is_whitespace())
+                            .collect();
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = rx.recv_timeout(WAIT).expect("tickwire printed `listening on`");
+        NodeProc {
+            api: Api {
+                addr: addr.parse().unwrap(),
+                http: reqwest::Client::new(),
+            },
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the node dies without closing anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Api {
+    /// Waits until `/ready` answers `want` (200 or 503).
+    pub async fn wait_ready(&self, want: u16) {
+        for _ in 0..400 {
+            if let Ok(r) = self.http.get(self.url("/ready")).send().await {
+                if r.status().as_u16() == want {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{} never answered /ready with {want}", self.addr);
     }
 }
