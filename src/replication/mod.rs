@@ -384,7 +384,10 @@ impl Replication {
                 .push_sender(sender)
                 .build()?;
             let mut sub = sub_client.get_async_connection().await?;
-            sub.ssubscribe(&channels).await?;
+            // One channel a call: each lives in its own slot.
+            for channel in &channels {
+                sub.ssubscribe(channel).await?;
+            }
             sub.subscribe(&self.ingest_channel).await?;
             (Conn::Cluster(cmd), Conn::Cluster(sub))
         } else {

@@ -511,3 +511,124 @@ impl Api {
         panic!("{} never answered /ready with {want}", self.addr);
     }
 }
+
+/// What a cluster test needs of Redis: one server or a Redis Cluster.
+pub trait Backend: Sized {
+    fn start() -> Self;
+    fn url(&self) -> String;
+    /// `redis-cli` against (the first node of) the backend.
+    fn cli(&self, args: &[&str]) -> String;
+    /// `redis-cli` against every server of the backend.
+    fn cli_all(&self, args: &[&str]) -> Vec<String>;
+    fn stop(&mut self);
+    /// Stops everything and starts it again, empty.
+    fn restart(&mut self);
+}
+
+impl Backend for Redis {
+    fn start() -> Self {
+        Redis::start()
+    }
+    fn url(&self) -> String {
+        Redis::url(self)
+    }
+    fn cli(&self, args: &[&str]) -> String {
+        Redis::cli(self, args)
+    }
+    fn cli_all(&self, args: &[&str]) -> Vec<String> {
+        vec![Redis::cli(self, args)]
+    }
+    fn stop(&mut self) {
+        Redis::stop(self)
+    }
+    fn restart(&mut self) {
+        Redis::restart(self)
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on spare loopback
+/// ports, built with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    fn create(&self) {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for _ in 0..400 {
+            if self
+                .nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the Redis Cluster never reached cluster_state:ok");
+    }
+}
+
+impl Backend for RedisCluster {
+    fn start() -> Self {
+        let nodes = (0..3)
+            .map(|_| {
+                let bus = spare_port().to_string();
+                let conf = format!("nodes-{}.conf", spare_port());
+                Redis::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    &conf,
+                ])
+            })
+            .collect();
+        let c = RedisCluster { nodes };
+        c.create();
+        c
+    }
+    fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+    fn cli(&self, args: &[&str]) -> String {
+        self.nodes[0].cli(args)
+    }
+    fn cli_all(&self, args: &[&str]) -> Vec<String> {
+        self.nodes.iter().map(|n| n.cli(args)).collect()
+    }
+    fn stop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+    fn restart(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+            for entry in std::fs::read_dir(&n.dir).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        for n in &mut self.nodes {
+            n.child = Redis::spawn(n.port, &n.dir, &n.extra);
+            n.wait_up();
+        }
+        self.create();
+    }
+}
