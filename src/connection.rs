@@ -97,6 +97,9 @@ impl Session {
     /// Acts on one text frame. Returns a close reason when the client
     /// must be cut off.
     async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
+        // Decoded first, so that even a refusal echoes the command's `id`.
+        let envelope = command::decode(text.as_bytes(), self.endpoint);
+        let id = envelope.id.as_ref();
         if !self.limit.take(Instant::now()) {
             self.node.metrics.rate_limited();
             if self.limit.strikes >= self.node.config.rate_limit_strikes {
@@ -104,11 +107,9 @@ impl Session {
                 return Some(CloseReason::RateLimited);
             }
             let err = ProtocolError::new(ErrorCode::RateLimited, "too many commands: slow down");
-            self.error(&err, None);
+            self.error(&err, id);
             return None;
         }
-        let envelope = command::decode(text.as_bytes(), self.endpoint);
-        let id = envelope.id.as_ref();
         let result = match envelope.command {
             Ok(c) => self.act(c, id).await,
             Err(e) => Err(e),
@@ -156,7 +157,15 @@ impl Session {
                             (Some(r), None) => r.fetch_latest(&symbol).await.ok(),
                         };
                         let sub = self.sub.clone();
-                        fanout.control(&key, Control::Subscribe { sub, symbol, since, fetched });
+                        fanout.control(
+                            &key,
+                            Control::Subscribe {
+                                sub,
+                                symbol,
+                                since,
+                                fetched,
+                            },
+                        );
                     }
                 }
             }
@@ -197,7 +206,13 @@ impl Session {
                 let sub = self.sub.clone();
                 fanout.control(
                     &StreamKey::Signals,
-                    Control::Filter { sub, filter, since, answer: Some(answer), fetched },
+                    Control::Filter {
+                        sub,
+                        filter,
+                        since,
+                        answer: Some(answer),
+                        fetched,
+                    },
                 );
             }
             Command::MarkRead { notification_id, key } => {
@@ -213,7 +228,10 @@ impl Session {
                         Ok(false) => {
                             return Err(ProtocolError::new(
                                 ErrorCode::InvalidField,
-                                format!("no notification `{}` for this user", key.chars().take(64).collect::<String>()),
+                                format!(
+                                    "no notification `{}` for this user",
+                                    key.chars().take(64).collect::<String>()
+                                ),
                             ))
                         }
                         // Redis is away: mark it on this node only, as embedded mode does.
@@ -256,7 +274,10 @@ impl Session {
                     None => None,
                 };
                 let sub = self.sub.clone();
-                fanout.control(&StreamKey::User(user.clone()), Control::AttachUser { sub, user, fetched });
+                fanout.control(
+                    &StreamKey::User(user.clone()),
+                    Control::AttachUser { sub, user, fetched },
+                );
             }
             _ => {}
         }

@@ -290,8 +290,12 @@ impl Unread {
     /// Takes Redis's list as the truth up to its head, keeping what this
     /// node received after it.
     fn adopt(&mut self, fetched: &Fetched, max: usize) {
-        let newer: Vec<(Seq, (Arc<str>, Frame))> =
-            self.by_seq.iter().filter(|(s, _)| **s > fetched.head).map(|(s, v)| (*s, v.clone())).collect();
+        let newer: Vec<(Seq, (Arc<str>, Frame))> = self
+            .by_seq
+            .iter()
+            .filter(|(s, _)| **s > fetched.head)
+            .map(|(s, v)| (*s, v.clone()))
+            .collect();
         self.by_seq.clear();
         self.by_key.clear();
         for e in &fetched.entries {
@@ -365,12 +369,18 @@ impl Worker {
     }
 
     fn publish(&mut self, inbound: Inbound) {
-        let Inbound { kind, stream: key, meta, payload, received_at } = inbound;
+        let Inbound {
+            kind,
+            stream: key,
+            meta,
+            payload,
+            received_at,
+        } = inbound;
         let now = Instant::now();
         let stream = self.stream(&key);
         let (seq, frame) = match payload {
             Payload::Fresh(body) => {
-                let seq = stream.sequencer.next();
+                let seq = stream.sequencer.next_seq();
                 (seq, encode::update(&body, seq))
             }
             Payload::Sequenced { seq, frame } => {
@@ -414,7 +424,12 @@ impl Worker {
 
     fn control(&mut self, c: Control) {
         match c {
-            Control::Subscribe { sub, symbol, since, fetched } => {
+            Control::Subscribe {
+                sub,
+                symbol,
+                since,
+                fetched,
+            } => {
                 if self.registry.is_subscribed(&symbol, sub.id) {
                     return;
                 }
@@ -424,7 +439,9 @@ impl Worker {
                     Some(since) => replay(&sub, &key, stream, since, fetched.as_ref(), |_| true),
                     None => {
                         let local = stream.latest.as_ref().map(|f| (stream.sequencer.head(), f));
-                        let remote = fetched.as_ref().and_then(|f| f.entries.last().map(|e| (e.seq, &e.frame)));
+                        let remote = fetched
+                            .as_ref()
+                            .and_then(|f| f.entries.last().map(|e| (e.seq, &e.frame)));
                         let newest = match (local, remote) {
                             (Some(l), Some(r)) => Some(if r.0 > l.0 { r } else { l }),
                             (l, r) => l.or(r),
@@ -441,7 +458,13 @@ impl Worker {
                 self.registry.subscribe(&symbol, sub, floor);
             }
             Control::Unsubscribe { id, symbol } => self.registry.unsubscribe(&symbol, id),
-            Control::Filter { sub, filter, since, answer, fetched } => {
+            Control::Filter {
+                sub,
+                filter,
+                since,
+                answer,
+                fetched,
+            } => {
                 if let Some(answer) = answer {
                     push_now(&sub, answer);
                 }
@@ -467,11 +490,23 @@ impl Worker {
                     unread.adopt(&f, self.config.max_unread_per_user);
                     floor = f.head;
                 }
-                push_now(&sub, encode::unread_notifications(unread.by_seq.values().map(|(_, f)| f)));
-                let head = self.streams.get(&StreamKey::User(user.clone())).map(|s| s.sequencer.head());
-                self.registry.attach_user(&user, sub, floor.max(head.unwrap_or_default()));
+                push_now(
+                    &sub,
+                    encode::unread_notifications(unread.by_seq.values().map(|(_, f)| f)),
+                );
+                let head = self
+                    .streams
+                    .get(&StreamKey::User(user.clone()))
+                    .map(|s| s.sequencer.head());
+                self.registry
+                    .attach_user(&user, sub, floor.max(head.unwrap_or_default()));
             }
-            Control::ReadElsewhere { user, key, frame, skip } => {
+            Control::ReadElsewhere {
+                user,
+                key,
+                frame,
+                skip,
+            } => {
                 if let Some(u) = self.unread.get_mut(&user) {
                     u.remove(&key);
                 }
@@ -482,8 +517,11 @@ impl Worker {
                 }
             }
             Control::Heads { reply } => {
-                let mut heads: HashMap<StreamKey, Seq> =
-                    self.streams.iter().map(|(k, s)| (k.clone(), s.sequencer.head())).collect();
+                let mut heads: HashMap<StreamKey, Seq> = self
+                    .streams
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.sequencer.head()))
+                    .collect();
                 for symbol in self.registry.symbols() {
                     heads.entry(StreamKey::Symbol(symbol.clone())).or_default();
                 }
@@ -572,7 +610,10 @@ impl Worker {
         for m in self.registry.user_connections(&user) {
             if m.sub.id == from.id {
                 sent_to_sender = true;
-                push_now(&m.sub, encode::notification_read(&notification_id, echo_id.as_ref()));
+                push_now(
+                    &m.sub,
+                    encode::notification_read(&notification_id, echo_id.as_ref()),
+                );
             } else {
                 push_now(&m.sub, plain.clone());
             }

@@ -53,7 +53,7 @@ pub fn router(node: Arc<Node>) -> Router {
     ] {
         let handler = move |State(node): State<Arc<Node>>, req: Request| upgrade(node, endpoint, req);
         r = r
-            .route(path, get(handler.clone()))
+            .route(path, get(handler))
             .route(&format!("{path}/"), get(handler));
     }
     r.route("/api/publish", post(publish))
@@ -313,25 +313,30 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) 
 
 /// The symbols a polling request may see: all, or its token's claim
 /// when it carries one (a token is optional on these endpoints).
-fn optional_access(node: &Node, headers: &HeaderMap, query: Option<&str>) -> Result<SymbolAccess, Response> {
+fn optional_access(node: &Node, headers: &HeaderMap, query: Option<&str>) -> Result<SymbolAccess, AuthError> {
     match auth::find_token(headers, query) {
         None => Ok(SymbolAccess::All),
-        Some(_) => authenticate(node, headers, query, Endpoint::MarketData)
-            .map(|id| id.symbols)
-            .map_err(|e| auth_failure(node, e)),
+        Some(_) => authenticate(node, headers, query, Endpoint::MarketData).map(|id| id.symbols),
     }
 }
 
 async fn market_one(State(node): State<Arc<Node>>, Path(symbol): Path<String>, req: Request) -> Response {
     let access = match optional_access(&node, req.headers(), req.uri().query()) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return auth_failure(&node, e),
     };
     if !access.allows(&symbol) {
-        return error_response(StatusCode::FORBIDDEN, format!("your token does not allow {symbol}"));
+        return error_response(
+            StatusCode::FORBIDDEN,
+            format!("your token does not allow {symbol}"),
+        );
     }
     let remote = match &node.replication {
-        Some(r) => r.fetch_latest(&symbol).await.ok().and_then(|f| f.entries.into_iter().last().map(|e| e.frame)),
+        Some(r) => r
+            .fetch_latest(&symbol)
+            .await
+            .ok()
+            .and_then(|f| f.entries.into_iter().last().map(|e| e.frame)),
         None => None,
     };
     match remote.or_else(|| node.fanout.latest.get(symbol.as_str()).map(|f| f.clone())) {
@@ -343,21 +348,25 @@ async fn market_one(State(node): State<Arc<Node>>, Path(symbol): Path<String>, r
 async fn market_all(State(node): State<Arc<Node>>, req: Request) -> Response {
     let access = match optional_access(&node, req.headers(), req.uri().query()) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return auth_failure(&node, e),
     };
     let remote = match &node.replication {
         Some(r) => r.fetch_all_latest().await.ok(),
         None => None,
     };
     let mut all: Vec<(String, Frame)> = remote.unwrap_or_else(|| {
-        node.fanout.latest.iter().map(|e| (e.key().to_string(), e.value().clone())).collect()
+        node.fanout
+            .latest
+            .iter()
+            .map(|e| (e.key().to_string(), e.value().clone()))
+            .collect()
     });
     all.retain(|(symbol, _)| access.allows(symbol));
     all.sort_by(|a, b| a.0.cmp(&b.0));
     frame_response(encode::json_array(all.iter().map(|(_, f)| f)))
 }
 
-fn since_param(query: Option<&str>) -> Result<Seq, Response> {
+fn since_param(query: Option<&str>) -> Result<Seq, &'static str> {
     match query
         .and_then(|q| auth::query_param(q, "since"))
         .filter(|s| !s.is_empty())
@@ -366,7 +375,7 @@ fn since_param(query: Option<&str>) -> Result<Seq, Response> {
         Some(s) => s
             .parse::<u64>()
             .map(Seq)
-            .map_err(|_| error_response(StatusCode::BAD_REQUEST, "since must be a non-negative integer")),
+            .map_err(|_| "since must be a non-negative integer"),
     }
 }
 
@@ -374,7 +383,7 @@ async fn signals(State(node): State<Arc<Node>>, req: Request) -> Response {
     let query = req.uri().query();
     let since = match since_param(query) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(why) => return error_response(StatusCode::BAD_REQUEST, why),
     };
     let param = |name| {
         query
@@ -424,19 +433,26 @@ async fn notifications(State(node): State<Arc<Node>>, req: Request) -> Response 
     };
     let since = match since_param(query) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(why) => return error_response(StatusCode::BAD_REQUEST, why),
     };
     let user = identity.user.clone();
     if let Some(r) = &node.replication {
         let key = StreamKey::User(user.clone());
         if let (Ok(history), Ok(unread)) = tokio::join!(r.fetch_history(&key, since), r.fetch_unread(&user)) {
-            let unread: std::collections::HashSet<&str> =
-                unread.entries.iter().filter_map(|e| e.meta.notification_key.as_deref()).collect();
+            let unread: std::collections::HashSet<&str> = unread
+                .entries
+                .iter()
+                .filter_map(|e| e.meta.notification_key.as_deref())
+                .collect();
             let frames: Vec<Frame> = history
                 .entries
                 .iter()
                 .map(|e| {
-                    let read = e.meta.notification_key.as_deref().is_none_or(|k| !unread.contains(k));
+                    let read = e
+                        .meta
+                        .notification_key
+                        .as_deref()
+                        .is_none_or(|k| !unread.contains(k));
                     encode::with_flag(&e.frame, "read", read)
                 })
                 .collect();
@@ -474,10 +490,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 
 async fn ready(State(node): State<Arc<Node>>) -> Response {
     if node.shutdown.is_triggered() {
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "shutting down"}));
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "shutting down"}),
+        );
     }
     if !node.is_ready() {
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "redis unavailable"}));
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "redis unavailable"}),
+        );
     }
     json_response(StatusCode::OK, json!({"status": "ready"}))
 }

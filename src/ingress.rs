@@ -16,9 +16,9 @@ use serde_json::Value;
 
 use crate::fanout::{Fanout, Inbound};
 use crate::metrics::Metrics;
-use crate::replication::Replication;
 use crate::protocol::update::{decode_batch, Update};
 use crate::protocol::{ErrorCode, ProtocolError, SignalType, UpdateKind};
+use crate::replication::Replication;
 
 /// Signals whose state is remembered; past this, the oldest tenth is
 /// forgotten in one pass (an update to a forgotten signal is refused like
@@ -92,7 +92,10 @@ impl Ingress {
                     };
                     let kind = update.kind;
                     let ring = self.fanout.shard_for(&update.stream);
-                    match ring.push(Inbound::fresh(update, received_at), self.patience).await {
+                    match ring
+                        .push(Inbound::fresh(update, received_at), self.patience)
+                        .await
+                    {
                         Ok(()) => {
                             outcome.accepted += 1;
                             self.metrics.published(kind);

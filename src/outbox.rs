@@ -65,9 +65,10 @@ impl CloseReason {
         }
     }
 
-    /// Whether frames already queued are still sent before the close.
+    /// Whether frames already queued are still sent before the close:
+    /// always, except for a slow consumer, whose backlog is the problem.
     fn flushes_queue(&self) -> bool {
-        matches!(self, CloseReason::GoingAway | CloseReason::TokenExpired)
+        !matches!(self, CloseReason::SlowConsumer)
     }
 }
 

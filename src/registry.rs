@@ -102,7 +102,9 @@ fn remove(map: &mut HashMap<Arc<str>, Vec<Member>>, key: &str, id: SubscriberId)
 impl Registry {
     /// Whether `id` is subscribed to `symbol`.
     pub fn is_subscribed(&self, symbol: &str, id: SubscriberId) -> bool {
-        self.symbols.get(symbol).is_some_and(|l| l.iter().any(|m| m.sub.id == id))
+        self.symbols
+            .get(symbol)
+            .is_some_and(|l| l.iter().any(|m| m.sub.id == id))
     }
 
     /// Adds `sub` to `symbol`; false when it was already there.
@@ -147,7 +149,10 @@ impl Registry {
                 entry.filter = filter;
                 entry.member.floor = entry.member.floor.max(floor);
             }
-            None => self.signals.push(SignalMember { member: Member { sub, floor }, filter }),
+            None => self.signals.push(SignalMember {
+                member: Member { sub, floor },
+                filter,
+            }),
         }
     }
 
@@ -202,7 +207,10 @@ mod tests {
         r.set_signal_filter(s.clone(), SignalFilter::default(), Seq(0));
         r.set_signal_filter(
             s.clone(),
-            SignalFilter { symbol: Some("BTC-USD".into()), signal_type: Some(SignalType::Buy) },
+            SignalFilter {
+                symbol: Some("BTC-USD".into()),
+                signal_type: Some(SignalType::Buy),
+            },
             Seq(7),
         );
         assert_eq!(r.signal_subscribers().len(), 1);

@@ -17,7 +17,7 @@ impl Sequencer {
     }
 
     /// Takes the next `seq`.
-    pub fn next(&mut self) -> Seq {
+    pub fn next_seq(&mut self) -> Seq {
         self.head = Seq(self.head.0 + 1);
         self.head
     }
@@ -41,7 +41,10 @@ mod tests {
     fn counts_from_one_without_gaps() {
         let mut s = Sequencer::default();
         assert_eq!(s.head(), Seq(0));
-        assert_eq!((s.next(), s.next(), s.next()), (Seq(1), Seq(2), Seq(3)));
+        assert_eq!(
+            (s.next_seq(), s.next_seq(), s.next_seq()),
+            (Seq(1), Seq(2), Seq(3))
+        );
     }
 
     #[test]

@@ -113,16 +113,32 @@ pub fn decode_meta(s: &str) -> EntryMeta {
     let symbol = name(parts.next());
     let signal_type = parts.next().and_then(SignalType::from_wire);
     let notification_key = name(parts.next());
-    EntryMeta { symbol, signal_type, notification_key }
+    EntryMeta {
+        symbol,
+        signal_type,
+        notification_key,
+    }
 }
 
 /// What nodes say to each other on a group channel.
 #[derive(Debug, PartialEq)]
 pub enum Envelope<'a> {
     /// A sequenced update.
-    Update { kind: UpdateKind, stream: StreamKey, seq: Seq, micros: u64, meta: EntryMeta, frame: &'a str },
+    Update {
+        kind: UpdateKind,
+        stream: StreamKey,
+        seq: Seq,
+        micros: u64,
+        meta: EntryMeta,
+        frame: &'a str,
+    },
     /// A notification marked read; `origin` (`node/connection`) was answered already.
-    Read { user: Arc<str>, key: Arc<str>, origin: &'a str, frame: &'a str },
+    Read {
+        user: Arc<str>,
+        key: Arc<str>,
+        origin: &'a str,
+        frame: &'a str,
+    },
     /// A node's heartbeat through this channel.
     Heartbeat { node: &'a str, micros: u64 },
 }
@@ -148,18 +164,35 @@ pub fn decode_envelope(payload: &str) -> Option<Envelope<'_>> {
     let kind = match kind {
         "h" => return Some(Envelope::Heartbeat { node: sid, micros }),
         "r" => {
-            let Some(StreamKey::User(user)) = parse_stream_id(sid) else { return None };
-            return Some(Envelope::Read { user, key: Arc::from(key), origin: symbol, frame });
+            let Some(StreamKey::User(user)) = parse_stream_id(sid) else {
+                return None;
+            };
+            return Some(Envelope::Read {
+                user,
+                key: Arc::from(key),
+                origin: symbol,
+                frame,
+            });
         }
         other => kind_of_code(other)?,
     };
     let meta = decode_meta(&format!("{symbol}\n{signal_type}\n{key}"));
-    Some(Envelope::Update { kind, stream: parse_stream_id(sid)?, seq: Seq(seq), micros, meta, frame })
+    Some(Envelope::Update {
+        kind,
+        stream: parse_stream_id(sid)?,
+        seq: Seq(seq),
+        micros,
+        meta,
+        frame,
+    })
 }
 
 /// Microseconds since the Unix epoch.
 pub fn now_micros() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -170,8 +203,9 @@ mod tests {
     fn groups_are_stable_and_spread() {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-        let groups: std::collections::HashSet<u64> =
-            (0..1000).map(|i| group_of(&stream_id(&StreamKey::Symbol(format!("SYM{i}").into())))).collect();
+        let groups: std::collections::HashSet<u64> = (0..1000)
+            .map(|i| group_of(&stream_id(&StreamKey::Symbol(format!("SYM{i}").into()))))
+            .collect();
         assert_eq!(groups.len() as u64, GROUPS);
     }
 
@@ -186,24 +220,48 @@ mod tests {
     #[test]
     fn envelopes_round_trip() {
         let payload = "v1\nu\nsig\n12\n1700\nBTC-USD\nBUY\nsig-1\n{\"type\":\"signal_update\",\"seq\":12}";
-        let Some(Envelope::Update { kind, stream, seq, meta, frame, micros }) = decode_envelope(payload) else {
+        let Some(Envelope::Update {
+            kind,
+            stream,
+            seq,
+            meta,
+            frame,
+            micros,
+        }) = decode_envelope(payload)
+        else {
             panic!()
         };
-        assert_eq!((kind, stream, seq, micros), (UpdateKind::SignalUpdate, StreamKey::Signals, Seq(12), 1700));
+        assert_eq!(
+            (kind, stream, seq, micros),
+            (UpdateKind::SignalUpdate, StreamKey::Signals, Seq(12), 1700)
+        );
         assert_eq!(meta.symbol.as_deref(), Some("BTC-USD"));
         assert_eq!(meta.signal_type, Some(SignalType::Buy));
         assert_eq!(frame, "{\"type\":\"signal_update\",\"seq\":12}");
         let hb = heartbeat("node-1", 5);
-        assert_eq!(decode_envelope(&hb), Some(Envelope::Heartbeat { node: "node-1", micros: 5 }));
+        assert_eq!(
+            decode_envelope(&hb),
+            Some(Envelope::Heartbeat {
+                node: "node-1",
+                micros: 5
+            })
+        );
         let r = "v1\nr\nu:alice\n0\n9\nn1/4\n\nnotif_1\n{\"type\":\"notification_read\"}";
-        assert!(matches!(decode_envelope(r), Some(Envelope::Read { origin: "n1/4", .. })));
+        assert!(matches!(
+            decode_envelope(r),
+            Some(Envelope::Read { origin: "n1/4", .. })
+        ));
         assert_eq!(decode_envelope("v2\nm"), None);
         assert_eq!(decode_envelope("v1\nm\ns:A\nnot-a-number\n0\n\n\n\n{}"), None);
     }
 
     #[test]
     fn stream_ids_round_trip() {
-        for key in [StreamKey::Symbol("BTC-USD".into()), StreamKey::Signals, StreamKey::User("a:b".into())] {
+        for key in [
+            StreamKey::Symbol("BTC-USD".into()),
+            StreamKey::Signals,
+            StreamKey::User("a:b".into()),
+        ] {
             assert_eq!(parse_stream_id(&stream_id(&key)), Some(key));
         }
     }

@@ -90,7 +90,10 @@ impl Conn {
                 Conn::Cluster(c) => cmd.query_async(c).await,
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| ReplicationError::Timeout(REQUEST_TIMEOUT))?.map_err(Into::into)
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| ReplicationError::Timeout(REQUEST_TIMEOUT))?
+            .map_err(Into::into)
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -103,7 +106,10 @@ impl Conn {
                 Conn::Cluster(c) => inv.invoke_async(c).await,
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| ReplicationError::Timeout(REQUEST_TIMEOUT))?.map_err(Into::into)
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| ReplicationError::Timeout(REQUEST_TIMEOUT))?
+            .map_err(Into::into)
     }
 }
 
@@ -132,9 +138,25 @@ pub struct Replication {
 }
 
 impl Replication {
-    pub fn new(url: String, ingest_channel: String, history_messages: usize, max_unread: usize) -> Replication {
+    pub fn new(
+        url: String,
+        ingest_channel: String,
+        history_messages: usize,
+        max_unread: usize,
+    ) -> Replication {
         let (jobs, jobs_rx) = mpsc::channel(1024);
-        let node_id = format!("{:016x}", layout::fnv1a(format!("{}-{:?}-{}", std::process::id(), Instant::now(), layout::now_micros()).as_bytes()));
+        let node_id = format!(
+            "{:016x}",
+            layout::fnv1a(
+                format!(
+                    "{}-{:?}-{}",
+                    std::process::id(),
+                    Instant::now(),
+                    layout::now_micros()
+                )
+                .as_bytes()
+            )
+        );
         Replication {
             url,
             node_id: Arc::from(node_id),
@@ -165,18 +187,29 @@ impl Replication {
     /// Nodes heard from in the last few seconds (this one included).
     pub fn nodes(&self) -> Vec<String> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<String> =
-            nodes.iter().filter(|(_, t)| t.elapsed() < Duration::from_secs(3)).map(|(n, _)| n.clone()).collect();
+        let mut v: Vec<String> = nodes
+            .iter()
+            .filter(|(_, t)| t.elapsed() < Duration::from_secs(3))
+            .map(|(n, _)| n.clone())
+            .collect();
         v.sort();
         v
     }
 
     fn conn(&self) -> Result<Conn, ReplicationError> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(ReplicationError::Unavailable)
+        self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(ReplicationError::Unavailable)
     }
 
     fn publish_command(&self) -> &'static str {
-        if self.cluster.load(Ordering::Relaxed) { "SPUBLISH" } else { "PUBLISH" }
+        if self.cluster.load(Ordering::Relaxed) {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// Sequences and publishes validated updates, in order. `claim` names
@@ -198,13 +231,22 @@ impl Replication {
             .map(|(i, u)| entry(u, claim.map(|c| format!("{c}.{i}")), received_micros))
             .collect();
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { entries, reply }).await.map_err(|_| ReplicationError::Unavailable)?;
+        self.jobs
+            .send(Job { entries, reply })
+            .await
+            .map_err(|_| ReplicationError::Unavailable)?;
         answer.await.map_err(|_| ReplicationError::Unavailable)?
     }
 
     /// Marks a notification read in Redis and tells every node. `Ok(false)`
     /// when the user has no such notification.
-    pub async fn mark_read(&self, user: &str, key: &str, frame: &Frame, origin: &str) -> Result<bool, ReplicationError> {
+    pub async fn mark_read(
+        &self,
+        user: &str,
+        key: &str,
+        frame: &Frame,
+        origin: &str,
+    ) -> Result<bool, ReplicationError> {
         let sid = layout::stream_id(&StreamKey::User(Arc::from(user)));
         let group = layout::group_of(&sid);
         let mut conn = self.conn()?;
@@ -239,8 +281,13 @@ impl Replication {
             let (head, range) = tokio::join!(conn.run::<Option<u64>>(&head), conn2.run::<RValue>(&range));
             Ok::<_, ReplicationError>((head?, range?))
         };
-        let (head, range) = tokio::time::timeout(FETCH_TIMEOUT, fetch).await.map_err(|_| ReplicationError::Timeout(FETCH_TIMEOUT))??;
-        Ok(Fetched { head: Seq(head.unwrap_or(0)), entries: parse_xrange(&range) })
+        let (head, range) = tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| ReplicationError::Timeout(FETCH_TIMEOUT))??;
+        Ok(Fetched {
+            head: Seq(head.unwrap_or(0)),
+            entries: parse_xrange(&range),
+        })
     }
 
     /// The latest `market_update` of a symbol, as `Fetched` with one entry.
@@ -248,9 +295,13 @@ impl Replication {
         let sid = layout::stream_id(&StreamKey::Symbol(Arc::from(symbol)));
         let p = layout::prefix(layout::group_of(&sid));
         let mut conn = self.conn()?;
-        let cmd = redis::cmd("HGET").arg(format!("{p}latest")).arg(symbol).to_owned();
-        let frame: Option<String> =
-            tokio::time::timeout(FETCH_TIMEOUT, conn.run(&cmd)).await.map_err(|_| ReplicationError::Timeout(FETCH_TIMEOUT))??;
+        let cmd = redis::cmd("HGET")
+            .arg(format!("{p}latest"))
+            .arg(symbol)
+            .to_owned();
+        let frame: Option<String> = tokio::time::timeout(FETCH_TIMEOUT, conn.run(&cmd))
+            .await
+            .map_err(|_| ReplicationError::Timeout(FETCH_TIMEOUT))??;
         let entries: Vec<FetchedEntry> = frame
             .and_then(|f| {
                 let seq = frame_seq(&f)?;
@@ -258,12 +309,18 @@ impl Replication {
                     seq,
                     kind: UpdateKind::MarketUpdate,
                     frame: Frame::from(f),
-                    meta: EntryMeta { symbol: Some(Arc::from(symbol)), ..Default::default() },
+                    meta: EntryMeta {
+                        symbol: Some(Arc::from(symbol)),
+                        ..Default::default()
+                    },
                 })
             })
             .into_iter()
             .collect();
-        Ok(Fetched { head: entries.last().map_or(Seq(0), |e| e.seq), entries })
+        Ok(Fetched {
+            head: entries.last().map_or(Seq(0), |e| e.seq),
+            entries,
+        })
     }
 
     /// The latest `market_update` of every symbol.
@@ -272,7 +329,9 @@ impl Replication {
         let fetches = (0..GROUPS).map(|g| {
             let mut conn = conn.clone();
             async move {
-                let cmd = redis::cmd("HGETALL").arg(format!("{}latest", layout::prefix(g))).to_owned();
+                let cmd = redis::cmd("HGETALL")
+                    .arg(format!("{}latest", layout::prefix(g)))
+                    .to_owned();
                 conn.run::<RValue>(&cmd).await
             }
         });
@@ -293,28 +352,46 @@ impl Replication {
         let p = layout::prefix(layout::group_of(&sid));
         let conn = self.conn()?;
         let (mut c1, mut c2, mut c3) = (conn.clone(), conn.clone(), conn);
-        let order = redis::cmd("ZRANGE").arg(format!("{p}unread:{user}")).arg(0).arg(-1).arg("WITHSCORES").to_owned();
+        let order = redis::cmd("ZRANGE")
+            .arg(format!("{p}unread:{user}"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .to_owned();
         let frames = redis::cmd("HGETALL").arg(format!("{p}nf:{user}")).to_owned();
         let head = redis::cmd("GET").arg(format!("{p}seq:{sid}")).to_owned();
         let fetch = async {
-            let (o, f, h) = tokio::join!(c1.run::<RValue>(&order), c2.run::<RValue>(&frames), c3.run::<Option<u64>>(&head));
+            let (o, f, h) = tokio::join!(
+                c1.run::<RValue>(&order),
+                c2.run::<RValue>(&frames),
+                c3.run::<Option<u64>>(&head)
+            );
             Ok::<_, ReplicationError>((o?, f?, h?))
         };
-        let (order, frames, head) =
-            tokio::time::timeout(FETCH_TIMEOUT, fetch).await.map_err(|_| ReplicationError::Timeout(FETCH_TIMEOUT))??;
+        let (order, frames, head) = tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| ReplicationError::Timeout(FETCH_TIMEOUT))??;
         let mut frames: HashMap<String, String> = pairs(&frames).into_iter().collect();
         let mut entries = Vec::new();
         for (key, score) in pairs(&order) {
-            let (Ok(seq), Some(frame)) = (score.parse::<f64>(), frames.remove(&key)) else { continue };
+            let (Ok(seq), Some(frame)) = (score.parse::<f64>(), frames.remove(&key)) else {
+                continue;
+            };
             entries.push(FetchedEntry {
                 seq: Seq(seq as u64),
                 kind: UpdateKind::NewNotification,
                 frame: Frame::from(frame),
-                meta: EntryMeta { notification_key: Some(Arc::from(key)), ..Default::default() },
+                meta: EntryMeta {
+                    notification_key: Some(Arc::from(key)),
+                    ..Default::default()
+                },
             });
         }
         entries.sort_by_key(|e| e.seq);
-        Ok(Fetched { head: Seq(head.unwrap_or(0)), entries })
+        Ok(Fetched {
+            head: Seq(head.unwrap_or(0)),
+            entries,
+        })
     }
 
     /// Runs the link to Redis until shutdown: connects, catches up, relays
@@ -357,7 +434,11 @@ impl Replication {
     }
 
     /// One connected period: returns when the link fails.
-    async fn session(&self, node: &Arc<Node>, ingest: &mpsc::Sender<Vec<u8>>) -> Result<(), ReplicationError> {
+    async fn session(
+        &self,
+        node: &Arc<Node>,
+        ingest: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), ReplicationError> {
         let (push_tx, mut push_rx) = mpsc::channel::<PushInfo>(PUSH_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
         let sender = {
@@ -377,7 +458,8 @@ impl Replication {
         let cluster = info.contains("cluster_enabled:1");
         self.cluster.store(cluster, Ordering::Relaxed);
         let (conn, _subscriber) = if cluster {
-            let builder = redis::cluster::ClusterClientBuilder::new(vec![self.url.as_str()]).response_timeout(REQUEST_TIMEOUT);
+            let builder = redis::cluster::ClusterClientBuilder::new(vec![self.url.as_str()])
+                .response_timeout(REQUEST_TIMEOUT);
             let cmd = builder.build()?.get_async_connection().await?;
             let sub_client = redis::cluster::ClusterClientBuilder::new(vec![self.url.as_str()])
                 .use_protocol(ProtocolVersion::RESP3)
@@ -395,7 +477,9 @@ impl Replication {
             let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
             let sub_client = redis::Client::open(info.set_redis_settings(settings))?;
             let config = AsyncConnectionConfig::new().set_push_sender(sender);
-            let mut sub = sub_client.get_multiplexed_async_connection_with_config(&config).await?;
+            let mut sub = sub_client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
             sub.subscribe(&channels).await?;
             sub.subscribe(&self.ingest_channel).await?;
             (Conn::Single(probe), Conn::Single(sub))
@@ -434,7 +518,10 @@ impl Replication {
         let payload = layout::heartbeat(&self.node_id, layout::now_micros());
         let sends = (0..GROUPS).map(|g| {
             let mut conn = conn.clone();
-            let cmd = redis::cmd(self.publish_command()).arg(layout::channel(g)).arg(&payload).to_owned();
+            let cmd = redis::cmd(self.publish_command())
+                .arg(layout::channel(g))
+                .arg(&payload)
+                .to_owned();
             async move { conn.run::<RValue>(&cmd).await }
         });
         for r in futures_util::future::join_all(sends).await {
@@ -451,11 +538,15 @@ impl Replication {
         ingest: &mpsc::Sender<Vec<u8>>,
     ) -> Result<(), ReplicationError> {
         let (channel, payload) = match (push.kind, push.data.as_slice()) {
-            (PushKind::Message | PushKind::SMessage, [channel, payload]) => (bytes_of(channel), bytes_of(payload)),
+            (PushKind::Message | PushKind::SMessage, [channel, payload]) => {
+                (bytes_of(channel), bytes_of(payload))
+            }
             (PushKind::Disconnection, _) => return Err(ReplicationError::Stalled("disconnected".into())),
             _ => return Ok(()),
         };
-        let (Some(channel), Some(payload)) = (channel, payload) else { return Ok(()) };
+        let (Some(channel), Some(payload)) = (channel, payload) else {
+            return Ok(());
+        };
         let Some(group) = layout::group_of_channel(channel) else {
             if channel == self.ingest_channel.as_bytes() {
                 // A full queue means ingest is far behind: drop rather than stall fanout.
@@ -465,7 +556,9 @@ impl Replication {
             }
             return Ok(());
         };
-        let Ok(text) = std::str::from_utf8(payload) else { return Ok(()) };
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return Ok(());
+        };
         match layout::decode_envelope(text) {
             Some(Envelope::Heartbeat { node: from, .. }) => {
                 if from == &*self.node_id {
@@ -473,25 +566,57 @@ impl Replication {
                         *t = Instant::now();
                     }
                 }
-                self.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(from.to_string(), Instant::now());
+                self.nodes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(from.to_string(), Instant::now());
             }
-            Some(Envelope::Update { kind, stream, seq, micros, meta, frame }) => {
+            Some(Envelope::Update {
+                kind,
+                stream,
+                seq,
+                micros,
+                meta,
+                frame,
+            }) => {
                 let age = Duration::from_micros(layout::now_micros().saturating_sub(micros));
                 let received_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-                let inbound = Inbound { kind, stream, meta, payload: Payload::Sequenced { seq, frame: Frame::from(frame) }, received_at };
+                let inbound = Inbound {
+                    kind,
+                    stream,
+                    meta,
+                    payload: Payload::Sequenced {
+                        seq,
+                        frame: Frame::from(frame),
+                    },
+                    received_at,
+                };
                 let ring = node.fanout.shard_for(&inbound.stream);
                 if ring.push(inbound, REQUEST_TIMEOUT).await.is_err() {
                     return Err(ReplicationError::Stalled("fanout rings stayed full".into()));
                 }
             }
-            Some(Envelope::Read { user, key, origin, frame }) => {
+            Some(Envelope::Read {
+                user,
+                key,
+                origin,
+                frame,
+            }) => {
                 let skip = origin
                     .strip_prefix(&*self.node_id)
                     .and_then(|rest| rest.strip_prefix('/'))
                     .and_then(|id| id.parse().ok())
                     .map(crate::registry::SubscriberId);
                 let key_stream = StreamKey::User(user.clone());
-                node.fanout.control(&key_stream, Control::ReadElsewhere { user, key, frame: Frame::from(frame), skip });
+                node.fanout.control(
+                    &key_stream,
+                    Control::ReadElsewhere {
+                        user,
+                        key,
+                        frame: Frame::from(frame),
+                        skip,
+                    },
+                );
             }
             None => tracing::debug!("malformed envelope ignored"),
         }
@@ -521,11 +646,18 @@ impl Replication {
         let set = redis::cmd("SET").arg("tw:epoch").arg(&fresh).arg("NX").to_owned();
         let _: RValue = c.run(&set).await?;
         let epoch: String = c.run(&redis::cmd("GET").arg("tw:epoch").to_owned()).await?;
-        let previous = self.epoch.lock().unwrap_or_else(|p| p.into_inner()).replace(epoch.clone());
+        let previous = self
+            .epoch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(epoch.clone());
         if previous.is_none_or(|p| p == epoch) {
             return Ok(());
         }
-        tracing::warn!(streams = heads.len(), "Redis lost its data (restarted without persistence): re-seeding stream counters");
+        tracing::warn!(
+            streams = heads.len(),
+            "Redis lost its data (restarted without persistence): re-seeding stream counters"
+        );
         let raise = Script::new("local v = tonumber(redis.call('GET', KEYS[1]) or '0') if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end return 1");
         for (key, head) in heads {
             if head.0 == 0 {
@@ -551,11 +683,22 @@ impl Replication {
                     kind: e.kind,
                     stream: key.clone(),
                     meta: e.meta,
-                    payload: Payload::Sequenced { seq: e.seq, frame: e.frame },
+                    payload: Payload::Sequenced {
+                        seq: e.seq,
+                        frame: e.frame,
+                    },
                     received_at: Instant::now(),
                 };
-                if node.fanout.shard_for(&key).push(inbound, REQUEST_TIMEOUT).await.is_err() {
-                    return Err(ReplicationError::Stalled("fanout rings stayed full during catch-up".into()));
+                if node
+                    .fanout
+                    .shard_for(&key)
+                    .push(inbound, REQUEST_TIMEOUT)
+                    .await
+                    .is_err()
+                {
+                    return Err(ReplicationError::Stalled(
+                        "fanout rings stayed full during catch-up".into(),
+                    ));
                 }
                 caught += 1;
             }
@@ -737,31 +880,50 @@ fn string_of(v: &RValue) -> Option<String> {
 /// the reply shapes of RESP2 (flat arrays) and RESP3 (maps, pairs).
 fn pairs(v: &RValue) -> Vec<(String, String)> {
     match v {
-        RValue::Map(m) => m.iter().filter_map(|(k, v)| Some((string_of(k)?, string_of(v)?))).collect(),
-        RValue::Array(items) if items.iter().all(|i| matches!(i, RValue::Array(p) if p.len() == 2)) && !items.is_empty() => items
+        RValue::Map(m) => m
             .iter()
-            .filter_map(|i| match i {
-                RValue::Array(p) => Some((string_of(&p[0])?, string_of(&p[1])?)),
-                _ => None,
-            })
+            .filter_map(|(k, v)| Some((string_of(k)?, string_of(v)?)))
             .collect(),
-        RValue::Array(items) => {
-            items.chunks(2).filter_map(|c| Some((string_of(c.first()?)?, string_of(c.get(1)?)?))).collect()
+        RValue::Array(items)
+            if items
+                .iter()
+                .all(|i| matches!(i, RValue::Array(p) if p.len() == 2))
+                && !items.is_empty() =>
+        {
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    RValue::Array(p) => Some((string_of(&p[0])?, string_of(&p[1])?)),
+                    _ => None,
+                })
+                .collect()
         }
+        RValue::Array(items) => items
+            .chunks(2)
+            .filter_map(|c| Some((string_of(c.first()?)?, string_of(c.get(1)?)?)))
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 fn parse_xrange(v: &RValue) -> Vec<FetchedEntry> {
-    let RValue::Array(entries) = v else { return Vec::new() };
+    let RValue::Array(entries) = v else {
+        return Vec::new();
+    };
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         let RValue::Array(parts) = e else { continue };
-        let (Some(id), Some(fields)) = (parts.first().and_then(string_of), parts.get(1)) else { continue };
-        let Some(seq) = id.split('-').next().and_then(|s| s.parse().ok()) else { continue };
+        let (Some(id), Some(fields)) = (parts.first().and_then(string_of), parts.get(1)) else {
+            continue;
+        };
+        let Some(seq) = id.split('-').next().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
         let fields: HashMap<String, String> = pairs(fields).into_iter().collect();
-        let (Some(frame), Some(kind)) = (fields.get("f"), fields.get("k").and_then(|k| layout::kind_of_code(k)))
-        else {
+        let (Some(frame), Some(kind)) = (
+            fields.get("f"),
+            fields.get("k").and_then(|k| layout::kind_of_code(k)),
+        ) else {
             continue;
         };
         out.push(FetchedEntry {
@@ -780,7 +942,10 @@ mod tests {
 
     #[test]
     fn the_seq_is_read_back_from_a_frame() {
-        assert_eq!(frame_seq(r#"{"type":"market_update","seq":1042}"#), Some(Seq(1042)));
+        assert_eq!(
+            frame_seq(r#"{"type":"market_update","seq":1042}"#),
+            Some(Seq(1042))
+        );
         assert_eq!(frame_seq("{}"), None);
     }
 
@@ -792,14 +957,23 @@ mod tests {
             RValue::BulkString(b"b".to_vec()),
             RValue::BulkString(b"2".to_vec()),
         ]);
-        assert_eq!(pairs(&flat), [("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())]);
+        assert_eq!(
+            pairs(&flat),
+            [
+                ("a".to_string(), "1".to_string()),
+                ("b".to_string(), "2".to_string())
+            ]
+        );
         let map = RValue::Map(vec![(RValue::BulkString(b"a".to_vec()), RValue::Double(1.0))]);
         assert_eq!(pairs(&map), [("a".to_string(), "1".to_string())]);
     }
 
     #[test]
     fn signal_updates_say_what_they_lack() {
-        let u = crate::protocol::update::decode_entry(serde_json::json!({"type":"signal_update","signal_id":"s1","confidence_score":3})).unwrap();
+        let u = crate::protocol::update::decode_entry(
+            serde_json::json!({"type":"signal_update","signal_id":"s1","confidence_score":3}),
+        )
+        .unwrap();
         let e = entry(u, None, 5);
         assert_eq!(e.args[0], "u");
         assert_eq!(e.args[5], "s1");
