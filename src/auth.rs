@@ -107,6 +107,19 @@ impl Identity {
             expires_at: None,
         }
     }
+
+    /// A publisher on `/ws/ingest`, named by the index of its API key.
+    pub fn publisher(key_index: usize) -> Identity {
+        Identity {
+            user: Arc::from(format!("api-key-{key_index}")),
+            ..Identity::anonymous()
+        }
+    }
+
+    /// The API key index of a publisher identity.
+    pub fn publisher_key(&self) -> Option<usize> {
+        self.user.strip_prefix("api-key-")?.parse().ok()
+    }
 }
 
 /// Where a handshake carried its token.
@@ -299,19 +312,22 @@ pub fn mint(secret: &[u8], sub: &str, symbols: Option<&[String]>, expires_at: Sy
     format!("{signing_input}.{signature}")
 }
 
-/// Compares a presented API key with each configured one in constant time.
-pub fn check_api_key(presented: Option<&str>, keys: &[String]) -> Result<(), AuthError> {
+/// Compares a presented API key with each configured one in constant
+/// time; returns the index of the key that matched (for its rate limit).
+pub fn check_api_key(presented: Option<&str>, keys: &[String]) -> Result<usize, AuthError> {
     let presented = presented.ok_or(AuthError::BadApiKey)?.as_bytes();
-    let mut ok = false;
-    for key in keys {
+    let mut found = None;
+    for (index, key) in keys.iter().enumerate() {
         let key = key.as_bytes();
         let mut diff = (key.len() != presented.len()) as u8;
         for (i, b) in key.iter().enumerate() {
             diff |= b ^ presented.get(i).copied().unwrap_or(0);
         }
-        ok |= diff == 0;
+        if diff == 0 {
+            found = Some(index);
+        }
     }
-    ok.then_some(()).ok_or(AuthError::BadApiKey)
+    found.ok_or(AuthError::BadApiKey)
 }
 
 #[cfg(test)]

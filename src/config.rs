@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::outbox::Overflow;
 use serde::Deserialize;
 
 /// The JWT secret shipped in `config/tickwire.toml`; a server using it
@@ -138,6 +140,15 @@ pub struct Overrides {
     /// Frames a subscriber's outbound queue holds before it is cut as a slow consumer.
     #[arg(long, env = "TICKWIRE_OUTBOUND_QUEUE_FRAMES", global = true)]
     pub outbound_queue_frames: Option<usize>,
+    /// What a full market-data queue does: conflate (keep the latest of each symbol) or close (4002).
+    #[arg(long, env = "TICKWIRE_MARKET_DATA_OVERFLOW", global = true)]
+    pub market_data_overflow: Option<String>,
+    /// Messages per second one API key may publish, sustained (0: no limit).
+    #[arg(long, env = "TICKWIRE_PUBLISHES_PER_SECOND_PER_KEY", global = true)]
+    pub publishes_per_second_per_key: Option<f64>,
+    /// Messages one API key may publish in a burst.
+    #[arg(long, env = "TICKWIRE_PUBLISH_BURST", global = true)]
+    pub publish_burst: Option<u32>,
     /// Messages kept per stream for resuming clients.
     #[arg(long, env = "TICKWIRE_HISTORY_MESSAGES", global = true)]
     pub history_messages: Option<usize>,
@@ -217,6 +228,9 @@ pub struct RawLimits {
     pub command_burst: Option<u32>,
     pub rate_limit_strikes: Option<u32>,
     pub outbound_queue_frames: Option<usize>,
+    pub market_data_overflow: Option<String>,
+    pub publishes_per_second_per_key: Option<f64>,
+    pub publish_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +284,10 @@ pub struct Config {
     pub command_burst: u32,
     pub rate_limit_strikes: u32,
     pub outbound_queue_frames: NonZeroUsize,
+    pub market_data_overflow: Overflow,
+    /// `None`: publishers are not rate limited.
+    pub publishes_per_second_per_key: Option<f64>,
+    pub publish_burst: u32,
     pub history_messages: NonZeroUsize,
     pub history_max_age: Duration,
     pub max_unread_per_user: NonZeroUsize,
@@ -356,6 +374,32 @@ impl Config {
         if command_burst == 0 {
             return Err(invalid("limits.command_burst", "must be at least 1"));
         }
+        let market_data_overflow =
+            match pick(&o.market_data_overflow, l.market_data_overflow, "conflate".into()).as_str() {
+                "conflate" => Overflow::Conflate,
+                "close" => Overflow::Close,
+                other => {
+                    return Err(invalid(
+                        "limits.market_data_overflow",
+                        format!("`{other}` is not conflate or close"),
+                    ))
+                }
+            };
+        let publishes_per_second_per_key = pick(
+            &o.publishes_per_second_per_key,
+            l.publishes_per_second_per_key,
+            0.0,
+        );
+        if !(publishes_per_second_per_key >= 0.0 && publishes_per_second_per_key.is_finite()) {
+            return Err(invalid(
+                "limits.publishes_per_second_per_key",
+                "must be a number, 0 for no limit",
+            ));
+        }
+        let publish_burst = pick(&o.publish_burst, l.publish_burst, 10_000);
+        if publish_burst == 0 {
+            return Err(invalid("limits.publish_burst", "must be at least 1"));
+        }
         let max_message_bytes = nonzero(
             "limits.max_message_bytes",
             pick(&o.max_message_bytes, l.max_message_bytes, 64 * 1024),
@@ -411,6 +455,10 @@ impl Config {
                 "limits.outbound_queue_frames",
                 pick(&o.outbound_queue_frames, l.outbound_queue_frames, 4096),
             )?,
+            market_data_overflow,
+            publishes_per_second_per_key: (publishes_per_second_per_key > 0.0)
+                .then_some(publishes_per_second_per_key),
+            publish_burst,
             history_messages: nonzero(
                 "history.messages",
                 pick(&o.history_messages, raw.history.messages, 1000),

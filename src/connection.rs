@@ -23,8 +23,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::Identity;
 use crate::fanout::Control;
+use crate::limit::TokenBucket;
 use crate::metrics::Metrics;
-use crate::outbox::{CloseReason, Outbox, Outgoing};
+use crate::outbox::{CloseReason, Outbox, Outgoing, Overflow};
 use crate::protocol::command::{self, Command};
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::{Endpoint, ErrorCode, ProtocolError, StreamKey};
@@ -39,12 +40,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// A token bucket: `rate` commands a second, at most `burst` at once.
+/// The command rate limit of one connection.
 struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
+    bucket: TokenBucket,
     /// Refused commands since the last accepted one.
     strikes: u32,
 }
@@ -52,20 +50,13 @@ struct RateLimit {
 impl RateLimit {
     fn new(rate: f64, burst: u32) -> RateLimit {
         RateLimit {
-            tokens: burst as f64,
-            rate,
-            burst: burst as f64,
-            last: Instant::now(),
+            bucket: TokenBucket::new(rate, burst),
             strikes: 0,
         }
     }
 
     fn take(&mut self, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.take(1, now) {
             self.strikes = 0;
             true
         } else {
@@ -126,7 +117,11 @@ impl Session {
         let fanout = &node.fanout;
         match command {
             Command::Ping => self.reply(encode::pong(id)),
-            Command::Subscribe { symbols, since, .. } => {
+            Command::Subscribe {
+                symbols,
+                since,
+                max_frequency,
+            } => {
                 let forbidden: Vec<&str> = symbols
                     .iter()
                     .filter(|s| !self.identity.symbols.allows(s))
@@ -148,25 +143,41 @@ impl Session {
                 }
                 self.reply(encode::subscribed(&symbols, id));
                 for symbol in symbols {
-                    if self.symbols.insert(symbol.clone()) {
-                        let since = since.get(&symbol).copied();
-                        let key = StreamKey::Symbol(symbol.clone());
-                        let fetched = match (&node.replication, since) {
-                            (None, _) => None,
-                            (Some(r), Some(since)) => r.fetch_history(&key, since).await.ok(),
-                            (Some(r), None) => r.fetch_latest(&symbol).await.ok(),
-                        };
-                        let sub = self.sub.clone();
-                        fanout.control(
-                            &key,
-                            Control::Subscribe {
-                                sub,
-                                symbol,
-                                since,
-                                fetched,
-                            },
-                        );
+                    let key = StreamKey::Symbol(symbol.clone());
+                    let sub = self.sub.clone();
+                    if !self.symbols.insert(symbol.clone()) {
+                        // Already subscribed: a new max_frequency is all that can change.
+                        if max_frequency.is_some() {
+                            let (since, fetched) = (None, None);
+                            fanout.control(
+                                &key,
+                                Control::Subscribe {
+                                    sub,
+                                    symbol,
+                                    since,
+                                    fetched,
+                                    max_frequency,
+                                },
+                            );
+                        }
+                        continue;
                     }
+                    let since = since.get(&symbol).copied();
+                    let fetched = match (&node.replication, since) {
+                        (None, _) => None,
+                        (Some(r), Some(since)) => r.fetch_history(&key, since).await.ok(),
+                        (Some(r), None) => r.fetch_latest(&symbol).await.ok(),
+                    };
+                    fanout.control(
+                        &key,
+                        Control::Subscribe {
+                            sub,
+                            symbol,
+                            since,
+                            fetched,
+                            max_frequency,
+                        },
+                    );
                 }
             }
             Command::Unsubscribe { symbols } => {
@@ -335,7 +346,11 @@ pub async fn serve_subscriber(
     peer: SocketAddr,
 ) {
     let id = SubscriberId::next();
-    let outbox = Arc::new(Outbox::new(node.config.outbound_queue_frames.get()));
+    let overflow = match endpoint {
+        Endpoint::MarketData => node.config.market_data_overflow,
+        _ => Overflow::Close,
+    };
+    let outbox = Arc::new(Outbox::new(node.config.outbound_queue_frames.get(), overflow));
     let sub = Arc::new(Subscriber {
         id,
         outbox: outbox.clone(),
@@ -539,11 +554,14 @@ async fn write_loop(
 
 /// Runs a publisher's `/ws/ingest` connection: each text frame is a
 /// message or an array of them; only errors are answered.
-pub async fn serve_ingest(ws: Socket, node: Arc<Node>, peer: SocketAddr) {
+pub async fn serve_ingest(ws: Socket, node: Arc<Node>, publisher: Option<usize>, peer: SocketAddr) {
     let id = SubscriberId::next();
     tracing::info!(conn = id.0, endpoint = "ingest", %peer, "connection opened");
     node.metrics.connection_opened(Endpoint::Ingest);
-    let outbox = Arc::new(Outbox::new(node.config.outbound_queue_frames.get()));
+    let outbox = Arc::new(Outbox::new(
+        node.config.outbound_queue_frames.get(),
+        Overflow::Close,
+    ));
     let (sink, mut stream) = ws.split();
     let mut writer = tokio::spawn(write_loop(
         sink,
@@ -566,7 +584,7 @@ pub async fn serve_ingest(ws: Socket, node: Arc<Node>, peer: SocketAddr) {
             // Keep reading: the next read sends tungstenite's close reply and ends.
             Some(Ok(Message::Close(_))) => continue,
             Some(Ok(Message::Text(text))) => {
-                publish_frame(&node, &outbox, text.as_bytes()).await;
+                publish_frame(&node, &outbox, publisher, text.as_bytes()).await;
                 continue;
             }
             Some(Ok(Message::Binary(_))) => CloseReason::Binary,
@@ -584,8 +602,8 @@ pub async fn serve_ingest(ws: Socket, node: Arc<Node>, peer: SocketAddr) {
     tracing::info!(conn = id.0, endpoint = "ingest", reason = %end, "connection closed");
 }
 
-async fn publish_frame(node: &Node, outbox: &Outbox, bytes: &[u8]) {
-    let outcome = match node.ingress.publish(bytes).await {
+async fn publish_frame(node: &Node, outbox: &Outbox, publisher: Option<usize>, bytes: &[u8]) {
+    let outcome = match node.ingress.publish_as(bytes, publisher).await {
         Ok(o) => o,
         Err(e) => {
             outbox.push(encode::error(&e, None), None);

@@ -11,8 +11,9 @@
 //! a full outbox is that subscriber's problem. Writers are woken once per
 //! batch, not once per frame, so that frames leave in few system calls.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,7 @@ use crate::outbox::{Outbox, Push};
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::update::Update;
 use crate::protocol::{ErrorCode, ProtocolError, Seq, SignalType, StreamKey, UpdateKind};
-use crate::registry::{Member, Registry, SignalFilter, Subscriber, SubscriberId};
+use crate::registry::{Member, Registry, SignalFilter, Subscriber, SubscriberId, Throttle};
 use crate::ring::Ring;
 use crate::sequencer::Sequencer;
 
@@ -102,6 +103,8 @@ pub enum Control {
         symbol: Arc<str>,
         since: Option<Seq>,
         fetched: Option<Fetched>,
+        /// At most this many updates per second of this symbol.
+        max_frequency: Option<f64>,
     },
     Unsubscribe {
         id: SubscriberId,
@@ -205,6 +208,7 @@ impl Fanout {
                 metrics: metrics.clone(),
                 config: config.clone(),
                 wakes: Vec::new(),
+                timers: BinaryHeap::new(),
             };
             let stop = stop.clone();
             let handle = std::thread::Builder::new()
@@ -319,6 +323,9 @@ struct Worker {
     config: FanoutConfig,
     /// Outboxes that got their first frame in this batch.
     wakes: Vec<Arc<Outbox>>,
+    /// When throttled subscriptions (`max_frequency`) owe their pending
+    /// update: (when, subscriber, symbol), earliest first.
+    timers: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
 }
 
 impl Worker {
@@ -342,20 +349,58 @@ impl Worker {
                         self.end_batch();
                         in_batch = 0;
                     }
+                    let next_timer = self.fire_timers();
                     self.flush_wakes();
                     // Acquire pairs with the Release in `Fanout::stop`.
                     if stop.load(Ordering::Acquire) && !self.ring.has_control() {
                         return;
                     }
-                    parker.park_timeout(Duration::from_secs(1));
+                    let sleep = next_timer.map_or(Duration::from_secs(1), |at| {
+                        at.saturating_duration_since(Instant::now())
+                            .min(Duration::from_secs(1))
+                    });
+                    if !sleep.is_zero() {
+                        parker.park_timeout(sleep);
+                    }
                 }
             }
         }
     }
 
     fn end_batch(&mut self) {
+        self.fire_timers();
         self.flush_wakes();
         self.ring.made_room();
+    }
+
+    /// Sends the pending updates of throttled subscriptions that are due;
+    /// returns when the next one is.
+    fn fire_timers(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                return Some(*at);
+            }
+            let Some(Reverse((_, id, symbol))) = self.timers.pop() else {
+                break;
+            };
+            let Some(m) = self.registry.member_mut(&symbol, SubscriberId(id)) else {
+                continue;
+            };
+            let Some(t) = &mut m.throttle else { continue };
+            if let Some((frame, received_at)) = t.pending.take() {
+                t.next_at = now + t.interval;
+                push_one(
+                    m,
+                    &frame,
+                    received_at,
+                    Some(&symbol),
+                    &mut self.wakes,
+                    &self.metrics,
+                );
+            }
+        }
+        None
     }
 
     fn flush_wakes(&mut self) {
@@ -396,8 +441,27 @@ impl Worker {
                 stream.latest = Some(frame.clone());
                 if let Some(symbol) = &meta.symbol {
                     self.latest.insert(symbol.clone(), frame.clone());
-                    let subs = self.registry.symbol_subscribers(symbol).iter();
-                    deliver(subs, seq, &frame, received_at, &mut self.wakes, &self.metrics);
+                    let members = self.registry.symbol_subscribers_mut(symbol);
+                    for m in members.iter_mut().filter(|m| m.wants(seq)) {
+                        if let Some(t) = &mut m.throttle {
+                            if now < t.next_at {
+                                if t.pending.is_none() {
+                                    self.timers.push(Reverse((t.next_at, m.sub.id.0, symbol.clone())));
+                                }
+                                t.pending = Some((frame.clone(), received_at));
+                                continue;
+                            }
+                            t.next_at = now + t.interval;
+                        }
+                        push_one(
+                            m,
+                            &frame,
+                            received_at,
+                            Some(symbol),
+                            &mut self.wakes,
+                            &self.metrics,
+                        );
+                    }
                 }
             }
             UpdateKind::NewSignal | UpdateKind::SignalUpdate => {
@@ -429,14 +493,22 @@ impl Worker {
                 symbol,
                 since,
                 fetched,
+                max_frequency,
             } => {
-                if self.registry.is_subscribed(&symbol, sub.id) {
+                let throttle = max_frequency.map(Throttle::per_second);
+                if let Some(member) = self.registry.member_mut(&symbol, sub.id) {
+                    // Already subscribed: only a new max_frequency changes anything.
+                    if throttle.is_some() {
+                        member.throttle = throttle;
+                    }
                     return;
                 }
                 let key = StreamKey::Symbol(symbol.clone());
                 let stream = self.stream(&key);
                 let floor = match since {
-                    Some(since) => replay(&sub, &key, stream, since, fetched.as_ref(), |_| true),
+                    Some(since) => replay(&sub, &key, stream, since, fetched.as_ref(), Some(&symbol), |_| {
+                        true
+                    }),
                     None => {
                         let local = stream.latest.as_ref().map(|f| (stream.sequencer.head(), f));
                         let remote = fetched
@@ -448,14 +520,14 @@ impl Worker {
                         };
                         match newest {
                             Some((seq, frame)) => {
-                                push_now(&sub, frame.clone());
+                                sub.outbox.push_keyed(frame.clone(), None, Some(&symbol));
                                 seq
                             }
                             None => stream.sequencer.head(),
                         }
                     }
                 };
-                self.registry.subscribe(&symbol, sub, floor);
+                self.registry.subscribe(&symbol, sub, floor, throttle);
             }
             Control::Unsubscribe { id, symbol } => self.registry.unsubscribe(&symbol, id),
             Control::Filter {
@@ -473,7 +545,7 @@ impl Worker {
                 let floor = match since {
                     Some(since) => {
                         let access = sub.access.clone();
-                        replay(&sub, &key, stream, since, fetched.as_ref(), |m| {
+                        replay(&sub, &key, stream, since, fetched.as_ref(), None, |m| {
                             filter.matches(m.symbol.as_deref(), m.signal_type)
                                 && m.symbol.as_deref().is_none_or(|s| access.allows(s))
                         })
@@ -649,6 +721,7 @@ fn replay(
     stream: &mut StreamState,
     since: Seq,
     fetched: Option<&Fetched>,
+    conflation_key: Option<&Arc<str>>,
     wanted: impl Fn(&EntryMeta) -> bool,
 ) -> Seq {
     stream.history.expire(Instant::now());
@@ -690,7 +763,12 @@ fn replay(
             (None, Some(_)) => r.next().map(|e| (&e.frame, &e.meta)),
         };
         let Some((frame, meta)) = next else { break };
-        if wanted(meta) && push_now(sub, frame.clone()) != Push::Queued {
+        if wanted(meta)
+            && matches!(
+                sub.outbox.push_keyed(frame.clone(), None, conflation_key),
+                Push::Overflowed | Push::Closed
+            )
+        {
             break;
         }
     }
@@ -709,15 +787,27 @@ fn deliver<'a>(
     wakes: &mut Vec<Arc<Outbox>>,
     metrics: &Metrics,
 ) {
-    for m in members {
-        if !m.wants(seq) {
-            continue;
-        }
-        match m.sub.outbox.push_deferred(frame.clone(), Some(received_at)) {
-            (Push::Queued, true) => wakes.push(m.sub.outbox.clone()),
-            (Push::Overflowed, _) => metrics.slow_consumer_cut(),
-            _ => {}
-        }
+    for m in members.filter(|m| m.wants(seq)) {
+        push_one(m, frame, received_at, None, wakes, metrics);
+    }
+}
+
+fn push_one(
+    m: &Member,
+    frame: &Frame,
+    received_at: Instant,
+    key: Option<&Arc<str>>,
+    wakes: &mut Vec<Arc<Outbox>>,
+    metrics: &Metrics,
+) {
+    let (pushed, wake) = m.sub.outbox.push_deferred(frame.clone(), Some(received_at), key);
+    match pushed {
+        Push::Overflowed => metrics.slow_consumer_cut(),
+        Push::Conflated(n) => metrics.conflated(n as u64),
+        Push::Queued | Push::Closed => {}
+    }
+    if wake {
+        wakes.push(m.sub.outbox.clone());
     }
 }
 

@@ -4,6 +4,7 @@
 //! work is done by ingress, fanout and the connection tasks.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -25,7 +26,7 @@ use crate::auth::{self, AuthError, Identity, SymbolAccess, TokenSource};
 use crate::connection;
 use crate::fanout::Control;
 use crate::protocol::encode::{self, Frame};
-use crate::protocol::{Endpoint, Seq, SignalType, StreamKey};
+use crate::protocol::{Endpoint, ErrorCode, Seq, SignalType, StreamKey};
 use crate::registry::SignalFilter;
 use crate::server::{ConnectionPermit, Node};
 
@@ -55,6 +56,12 @@ pub fn router(node: Arc<Node>) -> Router {
         r = r
             .route(path, get(handler))
             .route(&format!("{path}/"), get(handler));
+    }
+    #[cfg(feature = "test-echo")]
+    {
+        r = r
+            .route("/ws/echo", get(upgrade_echo))
+            .route("/ws/echo/", get(upgrade_echo));
     }
     r.route("/api/publish", post(publish))
         .route("/api/market", get(market_all))
@@ -169,7 +176,7 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
             .map(str::to_string)
             .or_else(|| req.uri().query().and_then(|q| auth::query_param(q, "api_key")));
         match auth::check_api_key(key.as_deref(), &node.config.api_keys) {
-            Ok(()) => Identity::anonymous(),
+            Ok(index) => Identity::publisher(index),
             Err(e) => return auth_failure(&node, e),
         }
     } else {
@@ -178,40 +185,14 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
             Err(e) => return auth_failure(&node, e),
         }
     };
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return error_response(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket: send an Upgrade request",
-        );
+    let key = match websocket_key(headers) {
+        Ok(k) => k,
+        Err(refusal) => return refusal,
     };
-    if !header_has(headers, header::UPGRADE, "websocket")
-        || !header_has(headers, header::CONNECTION, "upgrade")
-    {
-        return error_response(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket: send an Upgrade request",
-        );
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut resp = error_response(
-            StatusCode::UPGRADE_REQUIRED,
-            "only WebSocket version 13 is spoken",
-        );
-        resp.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return resp;
-    }
-    let peer = req
-        .extensions()
-        .get::<PeerAddr>()
-        .map(|p| p.0)
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let permit = match node.admit(peer.ip()) {
+    let peer = peer_addr(&req);
+    let permit = match admit(&node, peer) {
         Ok(p) => p,
-        Err((status, why)) => {
-            node.metrics.handshake_rejected();
-            return error_response(status, why);
-        }
+        Err(refusal) => return refusal,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max_message = if endpoint == Endpoint::Ingest {
@@ -219,12 +200,7 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
     } else {
         node.config.max_message_bytes
     };
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(16 * 1024 * 1024)
-        .max_message_size(Some(max_message.get()))
-        .max_frame_size(Some(max_message.get()));
+    let ws_config = ws_config(max_message);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -237,6 +213,64 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
         run_connection(ws, node, endpoint, identity, peer, permit).await;
     });
+    switching_protocols(&key)
+}
+
+/// The `Sec-WebSocket-Key` of a valid version-13 upgrade request, or the
+/// 426 that answers anything else.
+fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, Response> {
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return Err(error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send an Upgrade request",
+        ));
+    };
+    if !header_has(headers, header::UPGRADE, "websocket")
+        || !header_has(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send an Upgrade request",
+        ));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut resp = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "only WebSocket version 13 is spoken",
+        );
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Err(resp);
+    }
+    Ok(key)
+}
+
+fn peer_addr(req: &Request) -> SocketAddr {
+    req.extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// A place under the connection limits, or the 503/429 that refuses it.
+fn admit(node: &Arc<Node>, peer: SocketAddr) -> Result<ConnectionPermit, Response> {
+    node.admit(peer.ip()).map_err(|(status, why)| {
+        node.metrics.handshake_rejected();
+        error_response(status, why)
+    })
+}
+
+/// The limits every WebSocket of a node is read and written with.
+fn ws_config(max_message: NonZeroUsize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(16 * 1024 * 1024)
+        .max_message_size(Some(max_message.get()))
+        .max_frame_size(Some(max_message.get()))
+}
+
+fn switching_protocols(key: &HeaderValue) -> Response {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
@@ -244,6 +278,34 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
         .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
         .body(Body::empty())
         .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "handshake"))
+}
+
+/// `/ws/echo`, for the Autobahn conformance run only (feature `test-echo`):
+/// no token, but the same handshake checks, connection limits and
+/// WebSocket limits as `/ws/market-data/`.
+#[cfg(feature = "test-echo")]
+async fn upgrade_echo(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    let key = match websocket_key(req.headers()) {
+        Ok(k) => k,
+        Err(refusal) => return refusal,
+    };
+    let peer = peer_addr(&req);
+    let permit = match admit(&node, peer) {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ws_config = ws_config(node.config.max_message_bytes);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        crate::echo::serve(ws, node).await;
+        drop(permit);
+    });
+    switching_protocols(&key)
 }
 
 async fn run_connection(
@@ -255,16 +317,18 @@ async fn run_connection(
     _permit: ConnectionPermit,
 ) {
     if endpoint == Endpoint::Ingest {
-        connection::serve_ingest(ws, node, peer).await;
+        let publisher = identity.publisher_key();
+        connection::serve_ingest(ws, node, publisher, peer).await;
     } else {
         connection::serve_subscriber(ws, node, endpoint, identity, peer).await;
     }
 }
 
 async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(e) = auth::check_api_key(auth::bearer(&headers), &node.config.api_keys) {
-        return auth_failure(&node, e);
-    }
+    let publisher = match auth::check_api_key(auth::bearer(&headers), &node.config.api_keys) {
+        Ok(index) => index,
+        Err(e) => return auth_failure(&node, e),
+    };
     let limit = node.config.max_publish_bytes.get();
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
@@ -276,8 +340,14 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) 
         }
         Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}")),
     };
-    let outcome = match node.ingress.publish(&bytes).await {
+    let outcome = match node.ingress.publish_as(&bytes, Some(publisher)).await {
         Ok(o) => o,
+        Err(e) if e.code == ErrorCode::RateLimited => {
+            return json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"accepted": 0, "error": e.message}),
+            );
+        }
         Err(e) => {
             let errors = json!([{"index": 0, "code": e.code.as_str(), "message": e.message}]);
             return json_response(StatusCode::BAD_REQUEST, json!({"accepted": 0, "errors": errors}));

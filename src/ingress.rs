@@ -8,13 +8,15 @@
 //! symbol and type, so a `signal_update` that leaves them out is completed
 //! (and filtered) by them, and one naming an unknown signal is refused.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serde_json::Value;
 
+use crate::config::Config;
 use crate::fanout::{Fanout, Inbound};
+use crate::limit::TokenBucket;
 use crate::metrics::Metrics;
 use crate::protocol::update::{decode_batch, Update};
 use crate::protocol::{ErrorCode, ProtocolError, SignalType, UpdateKind};
@@ -55,11 +57,28 @@ pub struct Ingress {
     /// How long a publisher waits for room in a full ring before its entry
     /// is refused as overload.
     patience: Duration,
+    /// Each API key's publish rate limit (by key index), when configured;
+    /// a mutex held for one bucket update.
+    budgets: Vec<Mutex<TokenBucket>>,
 }
 
 impl Ingress {
-    pub fn new(fanout: Arc<Fanout>, replication: Option<Arc<Replication>>, metrics: Arc<Metrics>) -> Ingress {
+    pub fn new(
+        fanout: Arc<Fanout>,
+        replication: Option<Arc<Replication>>,
+        metrics: Arc<Metrics>,
+        config: &Config,
+    ) -> Ingress {
+        let budgets = match config.publishes_per_second_per_key {
+            Some(rate) => config
+                .api_keys
+                .iter()
+                .map(|_| Mutex::new(TokenBucket::new(rate, config.publish_burst)))
+                .collect(),
+            None => Vec::new(),
+        };
         Ingress {
+            budgets,
             fanout,
             replication,
             signals: DashMap::new(),
@@ -70,6 +89,26 @@ impl Ingress {
 
     /// Publishes every valid entry of a body, in order.
     pub async fn publish(&self, body: &[u8]) -> Result<Outcome, ProtocolError> {
+        self.publish_claimed(body, None).await
+    }
+
+    /// Publishes a body sent with the API key of index `publisher`, within
+    /// that key's rate limit: a body over it is refused whole (`rate_limited`).
+    pub async fn publish_as(&self, body: &[u8], publisher: Option<usize>) -> Result<Outcome, ProtocolError> {
+        if let Some(budget) = publisher.and_then(|i| self.budgets.get(i)) {
+            let entries = count_entries(body);
+            let ok = budget
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(entries, Instant::now());
+            if !ok {
+                self.metrics.publish_rate_limited(entries as u64);
+                return Err(ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    "this API key publishes faster than its limit (limits.publishes_per_second_per_key)",
+                ));
+            }
+        }
         self.publish_claimed(body, None).await
     }
 
@@ -200,6 +239,44 @@ impl Ingress {
     }
 }
 
+/// Entries in a body without decoding it: top-level array elements, or 1.
+fn count_entries(body: &[u8]) -> u32 {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    if start.map(|i| body[i]) != Some(b'[') {
+        return 1;
+    }
+    let (mut depth, mut in_string, mut escaped, mut count, mut any) = (0i32, false, false, 0u32, false);
+    for &b in &body[start.unwrap_or(0)..] {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth == 2 {
+                    any = true;
+                }
+            }
+            b']' | b'}' => depth -= 1,
+            b',' if depth == 1 => count += 1,
+            _ if depth == 1 && !b.is_ascii_whitespace() => any = true,
+            _ => {}
+        }
+    }
+    if any {
+        count + 1
+    } else {
+        0
+    }
+}
+
 fn unknown_signal() -> ProtocolError {
     ProtocolError::new(ErrorCode::InvalidField, "signal_id names no known signal")
 }
@@ -209,4 +286,17 @@ fn next_born() -> u64 {
     static BORN: AtomicU64 = AtomicU64::new(0);
     // Relaxed: only a rough age order is needed.
     BORN.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_entries;
+
+    #[test]
+    fn entries_are_counted_without_decoding() {
+        assert_eq!(count_entries(br#"{"a":[1,2]}"#), 1);
+        assert_eq!(count_entries(br#" [ {"a":"x,]"}, {"b":[1,2,3]}, 3 ]"#), 3);
+        assert_eq!(count_entries(b"[]"), 0);
+        assert_eq!(count_entries(br#"["a\",b"]"#), 1);
+    }
 }

@@ -6,10 +6,13 @@
 pub mod auth;
 pub mod config;
 pub mod connection;
+#[cfg(feature = "test-echo")]
+pub mod echo;
 pub mod fanout;
 pub mod history;
 pub mod http;
 pub mod ingress;
+pub mod limit;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

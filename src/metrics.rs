@@ -49,7 +49,9 @@ pub struct Metrics {
     messages_out: AtomicU64,
     bytes_out: AtomicU64,
     slow_consumer_cuts: AtomicU64,
+    conflated_frames: AtomicU64,
     rate_limited_commands: AtomicU64,
+    rate_limited_publishes: AtomicU64,
     rate_limit_closes: AtomicU64,
     commands: AtomicU64,
     command_errors: AtomicU64,
@@ -100,6 +102,16 @@ impl Metrics {
 
     pub fn slow_consumer_cut(&self) {
         self.slow_consumer_cuts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frames a lagging conflating subscriber never got, newer ones of the
+    /// same symbol having replaced them.
+    pub fn conflated(&self, n: u64) {
+        self.conflated_frames.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn publish_rate_limited(&self, n: u64) {
+        self.rate_limited_publishes.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn command(&self, ok: bool) {
@@ -163,6 +175,8 @@ impl Metrics {
             "messages_out": self.messages_out.load(Ordering::Relaxed),
             "bytes_out": self.bytes_out.load(Ordering::Relaxed),
             "slow_consumer_cuts": self.slow_consumer_cuts.load(Ordering::Relaxed),
+            "conflated_frames": self.conflated_frames.load(Ordering::Relaxed),
+            "rate_limited_publishes": self.rate_limited_publishes.load(Ordering::Relaxed),
             "rejected_publishes": self.rejected_publishes.load(Ordering::Relaxed),
             "rate_limited_commands": self.rate_limited_commands.load(Ordering::Relaxed),
             "ring_depths": ring_depths,
@@ -234,7 +248,19 @@ impl Metrics {
                 })
                 .collect::<Vec<_>>(),
         );
-        let simple: [(&str, &str, &str, &AtomicU64); 8] = [
+        let simple: [(&str, &str, &str, &AtomicU64); 10] = [
+            (
+                "tickwire_conflated_frames_total",
+                "counter",
+                "Frames a lagging market-data subscriber skipped for a newer one of the same symbol.",
+                &self.conflated_frames,
+            ),
+            (
+                "tickwire_publishes_rate_limited_total",
+                "counter",
+                "Published entries refused by an API key's rate limit.",
+                &self.rate_limited_publishes,
+            ),
             (
                 "tickwire_publishes_rejected_total",
                 "counter",

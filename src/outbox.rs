@@ -1,12 +1,15 @@
 //! A subscriber's bounded outbound queue: fanout workers and the
 //! connection's own reader put frames in, the connection's writer takes
 //! them out in batches. Pushing never waits: a full queue is that
-//! subscriber's problem (it is marked for closing as a slow consumer), never
-//! the pusher's. The queue starts with no allocation, so an idle
-//! subscriber costs only this struct.
+//! subscriber's problem, never the pusher's. What happens then is the
+//! subscriber's [`Overflow`] policy: it is closed as a slow consumer, or
+//! (market data) its queue is conflated to the latest update of each
+//! symbol, so a lagging client still shows current prices. The queue
+//! starts with no allocation, so an idle subscriber costs only this struct.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -72,17 +75,31 @@ impl CloseReason {
     }
 }
 
+/// What a full queue does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Close the connection (4002); the client resumes with `since`.
+    Close,
+    /// Keep only the newest frame of each conflation key (a symbol), and
+    /// close only when even that does not fit.
+    Conflate,
+}
+
 /// One queued frame, with the instant its update entered the server (for
 /// the publish→write latency histogram), when it is an update.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub frame: Frame,
     pub received_at: Option<Instant>,
+    /// Frames with the same key supersede each other under conflation.
+    pub key: Option<Arc<str>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push {
     Queued,
+    /// Queued after older frames of the same keys were dropped (this many).
+    Conflated(usize),
     /// The queue was full: the subscriber is now closing as a slow consumer.
     Overflowed,
     /// The connection is already closing; the frame was dropped.
@@ -103,22 +120,50 @@ pub struct Outbox {
     /// Set once a close is decided, so pushers can skip the lock.
     closing: AtomicBool,
     capacity: usize,
+    overflow: Overflow,
+}
+
+impl State {
+    /// Drops every keyed frame that a later frame of its key supersedes;
+    /// returns how many were dropped.
+    fn conflate(&mut self) -> usize {
+        let before = self.frames.len();
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        let mut kept = VecDeque::with_capacity(before);
+        for o in self.frames.drain(..).rev() {
+            let newest = match &o.key {
+                Some(k) => seen.insert(k.clone()),
+                None => true,
+            };
+            if newest {
+                kept.push_front(o);
+            }
+        }
+        self.frames = kept;
+        before - self.frames.len()
+    }
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Outbox {
+    pub fn new(capacity: usize, overflow: Overflow) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             closing: AtomicBool::new(false),
             capacity,
+            overflow,
         }
     }
 
     /// Queues a frame and wakes the writer; never waits. Overflow closes
     /// the subscriber.
     pub fn push(&self, frame: Frame, received_at: Option<Instant>) -> Push {
-        let (result, wake) = self.push_deferred(frame, received_at);
+        self.push_keyed(frame, received_at, None)
+    }
+
+    /// [`Outbox::push`] with a conflation key.
+    pub fn push_keyed(&self, frame: Frame, received_at: Option<Instant>, key: Option<&Arc<str>>) -> Push {
+        let (result, wake) = self.push_deferred(frame, received_at, key);
         if wake {
             self.wake();
         }
@@ -127,7 +172,12 @@ impl Outbox {
 
     /// Queues a frame without waking the writer; the `bool` says a wake is
     /// owed (the queue was empty), for a caller that wakes once per batch.
-    pub fn push_deferred(&self, frame: Frame, received_at: Option<Instant>) -> (Push, bool) {
+    pub fn push_deferred(
+        &self,
+        frame: Frame,
+        received_at: Option<Instant>,
+        key: Option<&Arc<str>>,
+    ) -> (Push, bool) {
         // Acquire pairs with the Release in `close`: a pusher that sees the
         // flag also sees the queue cleared.
         if self.closing.load(Ordering::Acquire) {
@@ -136,6 +186,10 @@ impl Outbox {
         let mut state = self.lock();
         if state.close.is_some() {
             return (Push::Closed, false);
+        }
+        let mut dropped = 0;
+        if state.frames.len() >= self.capacity && self.overflow == Overflow::Conflate {
+            dropped = state.conflate();
         }
         if state.frames.len() >= self.capacity {
             state.frames = VecDeque::new();
@@ -148,7 +202,14 @@ impl Outbox {
         // The writer takes everything each time it wakes, so only the push
         // that finds the queue empty owes it a wake.
         let was_empty = state.frames.is_empty();
-        state.frames.push_back(Outgoing { frame, received_at });
+        state.frames.push_back(Outgoing {
+            frame,
+            received_at,
+            key: key.cloned(),
+        });
+        if dropped > 0 {
+            return (Push::Conflated(dropped), was_empty);
+        }
         (Push::Queued, was_empty)
     }
 
@@ -219,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_come_out_in_order_in_one_batch() {
-        let o = Outbox::new(8);
+        let o = Outbox::new(8, Overflow::Close);
         assert_eq!(o.push(f("1"), None), Push::Queued);
         assert_eq!(o.push(f("2"), None), Push::Queued);
         let mut batch = VecDeque::new();
@@ -230,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_closes_as_slow_consumer_and_frees_its_frames() {
-        let o = Outbox::new(2);
+        let o = Outbox::new(2, Overflow::Close);
         o.push(f("1"), None);
         o.push(f("2"), None);
         assert_eq!(o.push(f("3"), None), Push::Overflowed);
@@ -242,8 +303,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_conflating_queue_keeps_the_newest_of_each_symbol() {
+        let o = Outbox::new(4, Overflow::Conflate);
+        let (a, b): (Arc<str>, Arc<str>) = ("A".into(), "B".into());
+        o.push(f("answer"), None);
+        o.push_keyed(f("a1"), None, Some(&a));
+        o.push_keyed(f("b1"), None, Some(&b));
+        o.push_keyed(f("a2"), None, Some(&a));
+        assert_eq!(o.push_keyed(f("b2"), None, Some(&b)), Push::Conflated(1));
+        let mut batch = VecDeque::new();
+        assert_eq!(o.next_batch(&mut batch).await, None);
+        let got: Vec<&str> = batch.iter().map(|g| g.frame.as_str()).collect();
+        assert_eq!(got, ["answer", "b1", "a2", "b2"]);
+    }
+
+    #[tokio::test]
+    async fn a_conflating_queue_still_closes_when_nothing_can_be_dropped() {
+        let o = Outbox::new(2, Overflow::Conflate);
+        o.push(f("1"), None);
+        o.push(f("2"), None);
+        assert_eq!(o.push(f("3"), None), Push::Overflowed);
+    }
+
+    #[tokio::test]
     async fn going_away_still_sends_what_was_queued() {
-        let o = Outbox::new(4);
+        let o = Outbox::new(4, Overflow::Close);
         o.push(f("1"), None);
         o.close(CloseReason::GoingAway);
         o.close(CloseReason::SlowConsumer);

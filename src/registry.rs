@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use crate::auth::SymbolAccess;
 use crate::outbox::Outbox;
+use crate::protocol::encode::Frame;
 use crate::protocol::{Seq, SignalType};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SubscriberId(pub u64);
@@ -61,6 +63,28 @@ pub struct Member {
     pub sub: Arc<Subscriber>,
     /// Live messages with a `seq` at or below this were already sent.
     pub floor: Seq,
+    /// `max_frequency` of a market-data subscription.
+    pub throttle: Option<Throttle>,
+}
+
+/// At most one update per `interval`, always the newest: an update that
+/// comes too soon waits as `pending` (replacing any older one) until
+/// `next_at`, when the worker's timer sends it.
+#[derive(Debug)]
+pub struct Throttle {
+    pub interval: Duration,
+    pub next_at: Instant,
+    pub pending: Option<(Frame, Instant)>,
+}
+
+impl Throttle {
+    pub fn per_second(max_frequency: f64) -> Throttle {
+        Throttle {
+            interval: Duration::from_secs_f64(1.0 / max_frequency),
+            next_at: Instant::now(),
+            pending: None,
+        }
+    }
 }
 
 impl Member {
@@ -82,11 +106,11 @@ pub struct Registry {
     signals: Vec<SignalMember>,
 }
 
-fn add(list: &mut Vec<Member>, sub: Arc<Subscriber>, floor: Seq) -> bool {
+fn add(list: &mut Vec<Member>, sub: Arc<Subscriber>, floor: Seq, throttle: Option<Throttle>) -> bool {
     if list.iter().any(|m| m.sub.id == sub.id) {
         return false;
     }
-    list.push(Member { sub, floor });
+    list.push(Member { sub, floor, throttle });
     true
 }
 
@@ -108,8 +132,24 @@ impl Registry {
     }
 
     /// Adds `sub` to `symbol`; false when it was already there.
-    pub fn subscribe(&mut self, symbol: &Arc<str>, sub: Arc<Subscriber>, floor: Seq) -> bool {
-        add(self.symbols.entry(symbol.clone()).or_default(), sub, floor)
+    pub fn subscribe(
+        &mut self,
+        symbol: &Arc<str>,
+        sub: Arc<Subscriber>,
+        floor: Seq,
+        throttle: Option<Throttle>,
+    ) -> bool {
+        add(
+            self.symbols.entry(symbol.clone()).or_default(),
+            sub,
+            floor,
+            throttle,
+        )
+    }
+
+    /// A subscriber's membership of a symbol, to change its throttle.
+    pub fn member_mut(&mut self, symbol: &str, id: SubscriberId) -> Option<&mut Member> {
+        self.symbols.get_mut(symbol)?.iter_mut().find(|m| m.sub.id == id)
     }
 
     pub fn unsubscribe(&mut self, symbol: &str, id: SubscriberId) {
@@ -120,13 +160,17 @@ impl Registry {
         self.symbols.get(symbol).map_or(&[], Vec::as_slice)
     }
 
+    pub fn symbol_subscribers_mut(&mut self, symbol: &str) -> &mut [Member] {
+        self.symbols.get_mut(symbol).map_or(&mut [], Vec::as_mut_slice)
+    }
+
     /// The symbols some local subscriber holds.
     pub fn symbols(&self) -> impl Iterator<Item = &Arc<str>> {
         self.symbols.keys()
     }
 
     pub fn attach_user(&mut self, user: &Arc<str>, sub: Arc<Subscriber>, floor: Seq) {
-        add(self.users.entry(user.clone()).or_default(), sub, floor);
+        add(self.users.entry(user.clone()).or_default(), sub, floor, None);
     }
 
     pub fn detach_user(&mut self, user: &str, id: SubscriberId) {
@@ -150,7 +194,11 @@ impl Registry {
                 entry.member.floor = entry.member.floor.max(floor);
             }
             None => self.signals.push(SignalMember {
-                member: Member { sub, floor },
+                member: Member {
+                    sub,
+                    floor,
+                    throttle: None,
+                },
                 filter,
             }),
         }
@@ -181,7 +229,7 @@ mod tests {
     fn sub() -> Arc<Subscriber> {
         Arc::new(Subscriber {
             id: SubscriberId::next(),
-            outbox: Arc::new(Outbox::new(4)),
+            outbox: Arc::new(Outbox::new(4, crate::outbox::Overflow::Close)),
             access: SymbolAccess::All,
         })
     }
@@ -191,8 +239,8 @@ mod tests {
         let mut r = Registry::default();
         let s = sub();
         let sym: Arc<str> = "A".into();
-        assert!(r.subscribe(&sym, s.clone(), Seq(0)));
-        assert!(!r.subscribe(&sym, s.clone(), Seq(0)));
+        assert!(r.subscribe(&sym, s.clone(), Seq(0), None));
+        assert!(!r.subscribe(&sym, s.clone(), Seq(0), None));
         assert!(r.is_subscribed("A", s.id));
         assert_eq!(r.symbol_subscribers("A").len(), 1);
         r.unsubscribe("A", s.id);

@@ -80,7 +80,7 @@ impl Node {
                 config.max_unread_per_user.get(),
             ))
         });
-        let ingress = Ingress::new(fanout.clone(), replication.clone(), metrics.clone());
+        let ingress = Ingress::new(fanout.clone(), replication.clone(), metrics.clone(), &config);
         Arc::new(Node {
             config,
             fanout,

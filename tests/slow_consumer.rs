@@ -1,5 +1,7 @@
 //! A subscriber that stops reading is cut off (close 4002) once its
-//! outbound queue is full, is counted, and never delays the others.
+//! outbound queue is full, is counted, and never delays the others; with
+//! the market-data overflow policy `close` (the default `conflate` is
+//! proven in conflation.rs).
 
 mod common;
 
@@ -33,7 +35,11 @@ async fn a_stalled_subscriber_is_cut_and_the_others_get_everything() {
     // queue must fill.
     const COUNT: usize = 300;
     const BATCH: usize = 10;
-    let s = start_with(|o| o.outbound_queue_frames = Some(64)).await;
+    let s = start_with(|o| {
+        o.outbound_queue_frames = Some(64);
+        o.market_data_overflow = Some("close".into());
+    })
+    .await;
     let mut stalled = stalled_client(&s).await;
     let mut healthy = s.market("healthy", &["BIG"]).await;
     let padding = "x".repeat(64 * 1024);
