@@ -141,16 +141,19 @@ impl Session {
                         format!("at most {limit} symbols per connection"),
                     ));
                 }
-                self.reply(encode::subscribed(&symbols, id));
-                for symbol in symbols {
+                // Cluster mode: listen to the streams' groups and read what
+                // Redis holds of them first, so that `subscribed` means every
+                // later publish arrives (see DESIGN.md, "Replication").
+                let mut controls = Vec::with_capacity(symbols.len());
+                for symbol in &symbols {
                     let key = StreamKey::Symbol(symbol.clone());
-                    let sub = self.sub.clone();
+                    let (sub, symbol) = (self.sub.clone(), symbol.clone());
                     if !self.symbols.insert(symbol.clone()) {
                         // Already subscribed: a new max_frequency is all that can change.
                         if max_frequency.is_some() {
                             let (since, fetched) = (None, None);
-                            fanout.control(
-                                &key,
+                            controls.push((
+                                key,
                                 Control::Subscribe {
                                     sub,
                                     symbol,
@@ -158,18 +161,23 @@ impl Session {
                                     fetched,
                                     max_frequency,
                                 },
-                            );
+                            ));
                         }
                         continue;
                     }
                     let since = since.get(&symbol).copied();
-                    let fetched = match (&node.replication, since) {
-                        (None, _) => None,
-                        (Some(r), Some(since)) => r.fetch_history(&key, since).await.ok(),
-                        (Some(r), None) => r.fetch_latest(&symbol).await.ok(),
+                    let fetched = match &node.replication {
+                        None => None,
+                        Some(r) => {
+                            r.want(&key).await;
+                            match since {
+                                Some(since) => r.fetch_history(&key, since).await.ok(),
+                                None => r.fetch_latest(&symbol).await.ok(),
+                            }
+                        }
                     };
-                    fanout.control(
-                        &key,
+                    controls.push((
+                        key,
                         Control::Subscribe {
                             sub,
                             symbol,
@@ -177,13 +185,20 @@ impl Session {
                             fetched,
                             max_frequency,
                         },
-                    );
+                    ));
+                }
+                self.reply(encode::subscribed(&symbols, id));
+                for (key, control) in controls {
+                    fanout.control(&key, control);
                 }
             }
             Command::Unsubscribe { symbols } => {
                 for symbol in &symbols {
                     if self.symbols.remove(symbol) {
                         let key = StreamKey::Symbol(symbol.clone());
+                        if let Some(r) = &node.replication {
+                            r.unwant(&key);
+                        }
                         fanout.control(
                             &key,
                             Control::Unsubscribe {
@@ -267,6 +282,9 @@ impl Session {
     /// Joins the streams a connection gets without asking.
     async fn attach(&self) {
         let fanout = &self.node.fanout;
+        if let (Some(r), Some(key)) = (&self.node.replication, self.own_stream()) {
+            r.want(&key).await;
+        }
         match self.endpoint {
             Endpoint::TradingSignals => fanout.control(
                 &StreamKey::Signals,
@@ -294,10 +312,28 @@ impl Session {
         }
     }
 
-    /// Leaves every stream, so fanout forgets this connection.
+    /// The stream a signals or notifications connection follows by itself.
+    fn own_stream(&self) -> Option<StreamKey> {
+        match self.endpoint {
+            Endpoint::TradingSignals => Some(StreamKey::Signals),
+            Endpoint::Notifications => Some(StreamKey::User(self.identity.user.clone())),
+            _ => None,
+        }
+    }
+
+    /// Leaves every stream, so fanout forgets this connection (and, in
+    /// cluster mode, the node stops listening to groups nobody needs).
     fn detach(&self) {
         let fanout = &self.node.fanout;
         let id = self.sub.id;
+        if let Some(r) = &self.node.replication {
+            for symbol in &self.symbols {
+                r.unwant(&StreamKey::Symbol(symbol.clone()));
+            }
+            if let Some(key) = self.own_stream() {
+                r.unwant(&key);
+            }
+        }
         for symbol in &self.symbols {
             fanout.control(
                 &StreamKey::Symbol(symbol.clone()),

@@ -479,6 +479,15 @@ async fn signals(State(node): State<Arc<Node>>, req: Request) -> Response {
         symbol: param("symbol").map(Arc::from),
         signal_type,
     };
+    if let Some(r) = &node.replication {
+        if let Ok(fetched) = r.fetch_history(&StreamKey::Signals, since).await {
+            let frames = fetched.entries.iter().filter(|e| {
+                filter.matches(e.meta.symbol.as_deref(), e.meta.signal_type)
+                    && e.meta.symbol.as_deref().is_none_or(|s| access.allows(s))
+            });
+            return frame_response(encode::json_array(frames.map(|e| &e.frame)));
+        }
+    }
     let (reply, answer) = tokio::sync::oneshot::channel();
     node.fanout.control(
         &StreamKey::Signals,

@@ -366,6 +366,32 @@ async fn signals_and_their_updates_cross_nodes<B: Backend>() {
     assert_eq!(list.as_array().unwrap().len(), 2);
 }
 
+async fn a_node_listens_only_to_the_groups_its_subscribers_need<B: Backend>() {
+    use tickwire::protocol::StreamKey;
+    use tickwire::replication::layout::{channel, group_of, stream_id};
+    let redis = B::start();
+    let nodes = ready_nodes(&redis, 2).await;
+    let wanted = channel(group_of(&stream_id(&StreamKey::Symbol("AVAX-USD".into()))));
+    assert_eq!(redis.listeners(&wanted), 0, "nobody subscribed yet");
+    let c = nodes[0].market("alice", &["AVAX-USD"]).await;
+    assert_eq!(
+        redis.listeners(&wanted),
+        1,
+        "only the node with a subscriber listens"
+    );
+    nodes[1].publish_ok(market_update("AVAX-USD", 1.0)).await;
+    drop(c);
+    let mut left = redis.listeners(&wanted);
+    for _ in 0..200 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        left = redis.listeners(&wanted);
+    }
+    assert_eq!(left, 0, "the node stops listening once its last subscriber left");
+}
+
 macro_rules! against {
     ($backend:ty) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,6 +425,10 @@ macro_rules! against {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn when_a_node_dies_its_clients_resume_on_another_without_loss() {
             super::when_a_node_dies_its_clients_resume_on_another_without_loss::<$backend>().await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_node_listens_only_to_the_groups_its_subscribers_need() {
+            super::a_node_listens_only_to_the_groups_its_subscribers_need::<$backend>().await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn signals_and_their_updates_cross_nodes() {

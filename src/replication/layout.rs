@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::history::EntryMeta;
 use crate::protocol::{Seq, SignalType, StreamKey, UpdateKind};
 
-/// Stream groups; a node follows every group's channel.
+/// Stream groups; a node listens to the channels of the groups its subscribers need.
 pub const GROUPS: u64 = 64;
 
 /// FNV-1a, 64 bits: stable across processes, versions and platforms, as

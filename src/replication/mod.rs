@@ -75,6 +75,15 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<i64>, ReplicationError>>,
 }
 
+/// The connection a node listens on, and the groups it listens to.
+struct Listener {
+    conn: Conn,
+    groups: std::collections::HashSet<u64>,
+}
+
+/// The key the ingest channel's heartbeat is tracked under.
+const INGEST_BEAT: u64 = u64::MAX;
+
 /// A connection for commands, to one Redis or to a Redis Cluster.
 #[derive(Clone)]
 enum Conn {
@@ -83,6 +92,23 @@ enum Conn {
 }
 
 impl Conn {
+    /// Starts (`on`) or stops listening to a stream group's channel:
+    /// sharded pub/sub in a Redis Cluster, plain pub/sub otherwise.
+    async fn listen(&mut self, channel: &str, on: bool) -> Result<(), ReplicationError> {
+        let fut = async {
+            match (self, on) {
+                (Conn::Single(c), true) => c.subscribe(channel).await,
+                (Conn::Single(c), false) => c.unsubscribe(channel).await,
+                (Conn::Cluster(c), true) => c.ssubscribe(channel).await,
+                (Conn::Cluster(c), false) => c.sunsubscribe(channel).await,
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| ReplicationError::Timeout(REQUEST_TIMEOUT))?
+            .map_err(Into::into)
+    }
+
     async fn run<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, ReplicationError> {
         let fut = async {
             match self {
@@ -131,6 +157,15 @@ pub struct Replication {
     mark_read_script: Script,
     /// Other nodes heard from, by id, for the dashboard.
     nodes: Mutex<HashMap<String, Instant>>,
+    /// Stream groups some local subscriber needs, with how many need each.
+    /// A mutex held to count.
+    interest: Mutex<HashMap<u64, usize>>,
+    /// The listening connection of the current link and the groups it
+    /// listens to; an async mutex so (un)subscribing happens one at a time.
+    listener: tokio::sync::Mutex<Option<Listener>>,
+    /// When each listened group (and the ingest channel, as `u64::MAX`)
+    /// last carried this node's own heartbeat.
+    beats: Mutex<HashMap<u64, Instant>>,
     /// The id of the Redis data set this node last saw; a different one
     /// after a reconnect means Redis lost its data (restarted without
     /// persistence), and the stream counters must be re-seeded.
@@ -172,6 +207,9 @@ impl Replication {
             mark_read_script: Script::new(MARK_READ_LUA),
             nodes: Mutex::new(HashMap::new()),
             epoch: Mutex::new(None),
+            interest: Mutex::new(HashMap::new()),
+            listener: tokio::sync::Mutex::new(None),
+            beats: Mutex::new(HashMap::new()),
         }
     }
 
@@ -394,6 +432,76 @@ impl Replication {
         })
     }
 
+    /// Starts listening to `key`'s group (if no local subscriber did yet);
+    /// returns once Redis confirmed it, so a fetch made after it plus the
+    /// live messages that follow miss nothing.
+    pub async fn want(&self, key: &StreamKey) {
+        let group = layout::group_of(&layout::stream_id(key));
+        *self
+            .interest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(group)
+            .or_default() += 1;
+        if let Err(e) = self.sync_listening().await {
+            tracing::debug!(error = %e, "subscribing to a stream group failed; the link will recover");
+        }
+    }
+
+    /// The opposite of [`Replication::want`]; stops listening to a group
+    /// no local subscriber needs any more.
+    pub fn unwant(self: &Arc<Self>, key: &StreamKey) {
+        let group = layout::group_of(&layout::stream_id(key));
+        {
+            let mut interest = self.interest.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = interest.get_mut(&group) {
+                *n -= 1;
+                if *n == 0 {
+                    interest.remove(&group);
+                }
+            }
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _ = me.sync_listening().await;
+        });
+    }
+
+    fn wanted_groups(&self) -> std::collections::HashSet<u64> {
+        self.interest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Makes the listener listen to exactly the wanted groups.
+    async fn sync_listening(&self) -> Result<(), ReplicationError> {
+        let mut guard = self.listener.lock().await;
+        let Some(listener) = guard.as_mut() else {
+            return Ok(());
+        };
+        let wanted = self.wanted_groups();
+        for group in wanted.difference(&listener.groups.clone()) {
+            listener.conn.listen(&layout::channel(*group), true).await?;
+            listener.groups.insert(*group);
+            self.beats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*group, Instant::now());
+        }
+        for group in listener.groups.difference(&wanted).copied().collect::<Vec<_>>() {
+            listener.conn.listen(&layout::channel(group), false).await?;
+            listener.groups.remove(&group);
+            self.beats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&group);
+        }
+        Ok(())
+    }
+
     /// Runs the link to Redis until shutdown: connects, catches up, relays
     /// what arrives to fanout, reconnects with backoff.
     pub async fn run(self: Arc<Self>, node: Arc<Node>) {
@@ -451,13 +559,21 @@ impl Replication {
                 Ok(())
             }
         };
-        let channels: Vec<String> = (0..GROUPS).map(layout::channel).collect();
         let client = redis::Client::open(self.url.as_str())?;
         let mut probe = client.get_multiplexed_async_connection().await?;
         let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut probe).await?;
         let cluster = info.contains("cluster_enabled:1");
         self.cluster.store(cluster, Ordering::Relaxed);
-        let (conn, _subscriber) = if cluster {
+        if cluster {
+            // A cluster still being formed has slots that no master serves.
+            let state: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut probe).await?;
+            if !state.contains("cluster_state:ok") {
+                return Err(ReplicationError::Stalled(
+                    "the Redis Cluster is not ok yet".into(),
+                ));
+            }
+        }
+        let (conn, listening) = if cluster {
             let builder = redis::cluster::ClusterClientBuilder::new(vec![self.url.as_str()])
                 .response_timeout(REQUEST_TIMEOUT);
             let cmd = builder.build()?.get_async_connection().await?;
@@ -466,10 +582,6 @@ impl Replication {
                 .push_sender(sender)
                 .build()?;
             let mut sub = sub_client.get_async_connection().await?;
-            // One channel a call: each lives in its own slot.
-            for channel in &channels {
-                sub.ssubscribe(channel).await?;
-            }
             sub.subscribe(&self.ingest_channel).await?;
             (Conn::Cluster(cmd), Conn::Cluster(sub))
         } else {
@@ -480,48 +592,79 @@ impl Replication {
             let mut sub = sub_client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
-            sub.subscribe(&channels).await?;
             sub.subscribe(&self.ingest_channel).await?;
             (Conn::Single(probe), Conn::Single(sub))
         };
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        {
+            let mut beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+            beats.clear();
+            beats.insert(INGEST_BEAT, Instant::now());
+        }
+        *self.listener.lock().await = Some(Listener {
+            conn: listening,
+            groups: Default::default(),
+        });
+        self.sync_listening().await?;
 
-        let heads = self.heads(node).await;
+        let listened = self.wanted_groups();
+        let mut heads = self.heads(node).await;
         self.check_epoch(&conn, &heads).await?;
+        heads.retain(|(key, _)| listened.contains(&layout::group_of(&layout::stream_id(key))));
         self.catch_up(node, heads).await?;
         self.up.store(true, Ordering::Release);
         node.metrics.set_redis_connected(true);
         tracing::info!(url = %self.url, cluster, node = %self.node_id, "Redis link up: ready");
 
-        let mut last_beat = vec![Instant::now(); GROUPS as usize];
         let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
-        loop {
+        let result = loop {
             tokio::select! {
                 push = push_rx.recv() => {
-                    let Some(push) = push else { return Err(ReplicationError::Stalled("push channel closed".into())) };
-                    self.on_push(node, push, &mut last_beat, ingest).await?;
+                    let Some(push) = push else { break Err(ReplicationError::Stalled("push channel closed".into())) };
+                    if let Err(e) = self.on_push(node, push, ingest).await {
+                        break Err(e);
+                    }
                 }
                 _ = beat.tick() => {
                     if overflow.load(Ordering::Relaxed) {
-                        return Err(ReplicationError::Stalled("fell behind the pub/sub stream".into()));
+                        break Err(ReplicationError::Stalled("fell behind the pub/sub stream".into()));
                     }
-                    if let Some(g) = last_beat.iter().position(|t| t.elapsed() > HEARTBEAT_LOST) {
-                        return Err(ReplicationError::Stalled(format!("no heartbeat on {} for {HEARTBEAT_LOST:?}", layout::channel(g as u64))));
+                    let silent = self
+                        .beats
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .find(|(_, t)| t.elapsed() > HEARTBEAT_LOST)
+                        .map(|(g, _)| *g);
+                    if let Some(g) = silent {
+                        let channel = if g == INGEST_BEAT { self.ingest_channel.clone() } else { layout::channel(g) };
+                        break Err(ReplicationError::Stalled(format!("no heartbeat on {channel} for {HEARTBEAT_LOST:?}")));
                     }
-                    self.beat(&conn).await?;
+                    if let Err(e) = self.beat(&conn).await {
+                        break Err(e);
+                    }
                 }
             }
-        }
+        };
+        *self.listener.lock().await = None;
+        result
     }
 
     async fn beat(&self, conn: &Conn) -> Result<(), ReplicationError> {
         let payload = layout::heartbeat(&self.node_id, layout::now_micros());
-        let sends = (0..GROUPS).map(|g| {
+        let mut channels: Vec<(String, &'static str)> = self
+            .beats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|g| **g != INGEST_BEAT)
+            .map(|g| (layout::channel(*g), self.publish_command()))
+            .collect();
+        // Classic pub/sub for the ingest channel, in a Redis Cluster too.
+        channels.push((self.ingest_channel.clone(), "PUBLISH"));
+        let sends = channels.into_iter().map(|(channel, publish)| {
             let mut conn = conn.clone();
-            let cmd = redis::cmd(self.publish_command())
-                .arg(layout::channel(g))
-                .arg(&payload)
-                .to_owned();
+            let cmd = redis::cmd(publish).arg(channel).arg(&payload).to_owned();
             async move { conn.run::<RValue>(&cmd).await }
         });
         for r in futures_util::future::join_all(sends).await {
@@ -534,7 +677,6 @@ impl Replication {
         &self,
         node: &Arc<Node>,
         push: PushInfo,
-        last_beat: &mut [Instant],
         ingest: &mpsc::Sender<Vec<u8>>,
     ) -> Result<(), ReplicationError> {
         let (channel, payload) = match (push.kind, push.data.as_slice()) {
@@ -549,6 +691,21 @@ impl Replication {
         };
         let Some(group) = layout::group_of_channel(channel) else {
             if channel == self.ingest_channel.as_bytes() {
+                if let Ok(Some(Envelope::Heartbeat { node: from, .. })) =
+                    std::str::from_utf8(payload).map(layout::decode_envelope)
+                {
+                    if from == &*self.node_id {
+                        self.beats
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(INGEST_BEAT, Instant::now());
+                    }
+                    self.nodes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(from.to_string(), Instant::now());
+                    return Ok(());
+                }
                 // A full queue means ingest is far behind: drop rather than stall fanout.
                 if ingest.try_send(payload.to_vec()).is_err() {
                     tracing::warn!("ingest channel backlog full: message dropped");
@@ -562,7 +719,12 @@ impl Replication {
         match layout::decode_envelope(text) {
             Some(Envelope::Heartbeat { node: from, .. }) => {
                 if from == &*self.node_id {
-                    if let Some(t) = last_beat.get_mut(group as usize) {
+                    if let Some(t) = self
+                        .beats
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&group)
+                    {
                         *t = Instant::now();
                     }
                 }

@@ -288,3 +288,92 @@ export async function waitForRow(page, symbol, want, timeout = 20000) {
     throw new Error('market row ' + symbol + ' never showed ' + JSON.stringify(want) + '; it shows ' + JSON.stringify(seen) + ' (' + err.message.split('\n')[0] + ')');
   }
 }
+
+// A free loopback port, for a process that must be told its port up front
+// (redis-server). Another process could take it in between; rare enough here.
+export async function sparePort() {
+  const probe = net.createServer();
+  await new Promise((resolve, reject) => { probe.once('error', reject); probe.listen(0, '127.0.0.1', resolve); });
+  const port = probe.address().port;
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+// Starts a real redis-server (no persistence, its own scratch directory) on a
+// spare loopback port and resolves once it answers. stop() ends it by its PID
+// (SIGTERM, SIGKILL after 5 s) and removes the directory.
+export async function startRedis() {
+  for (let attempt = 1; ; attempt++) {
+    const port = await sparePort();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tickwire-redis-'));
+    const proc = spawn('redis-server', [
+      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir
+    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lines = [];
+    const exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+    const ready = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('redis-server did not get ready within ' + STARTUP_TIMEOUT_MS + ' ms:\n' + lines.join('\n'))), STARTUP_TIMEOUT_MS);
+      const onData = (chunk) => {
+        for (const line of String(chunk).split('\n')) {
+          if (!line) continue;
+          lines.push(line);
+          if (/Ready to accept connections/i.test(line)) { clearTimeout(timer); resolve(); }
+        }
+      };
+      proc.stdout.on('data', onData);
+      proc.stderr.on('data', onData);
+      proc.once('error', (err) => { clearTimeout(timer); reject(err); });
+      exited.then(({ code, signal }) => {
+        clearTimeout(timer);
+        reject(new Error('redis-server exited (' + (signal || code) + ') before it was ready:\n' + lines.join('\n')));
+      });
+    });
+    try {
+      await ready;
+    } catch (err) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      // Someone took the spare port between the probe and the bind: try another.
+      if (attempt < 3 && /address already in use/i.test(err.message)) continue;
+      throw err;
+    }
+    let stopped = null;
+    return {
+      port,
+      url: 'redis://127.0.0.1:' + port,
+      pid: proc.pid,
+      output: () => lines.join('\n'),
+      stop() {
+        if (stopped) return stopped;
+        stopped = (async () => {
+          if (proc.exitCode === null && proc.signalCode === null) {
+            process.kill(proc.pid, 'SIGTERM');
+            const timer = setTimeout(() => { try { process.kill(proc.pid, 'SIGKILL'); } catch { /* gone */ } }, 5000);
+            await exited;
+            clearTimeout(timer);
+          }
+          fs.rmSync(dir, { recursive: true, force: true });
+          return exited;
+        })();
+        return stopped;
+      }
+    };
+  }
+}
+
+// Resolves once GET /ready answers 200 (in cluster mode: the node's Redis
+// link is up and caught up).
+export async function waitReady(server, timeout = 20000) {
+  const deadline = Date.now() + timeout;
+  let last = 'no answer';
+  while (Date.now() < deadline) {
+    try {
+      const res = await fetch(server.url + '/ready');
+      last = res.status + ' ' + await res.text();
+      if (res.status === 200) return;
+    } catch (err) {
+      last = err.message;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(server.url + '/ready never answered 200 (last: ' + last + ')');
+}

@@ -523,6 +523,15 @@ pub trait Backend: Sized {
     fn stop(&mut self);
     /// Stops everything and starts it again, empty.
     fn restart(&mut self);
+    /// How many connections listen to `channel` (sharded pub/sub in a cluster).
+    fn listeners(&self, channel: &str) -> u32;
+}
+
+fn second_line_number(out: &str) -> u32 {
+    out.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Backend for Redis {
@@ -543,6 +552,9 @@ impl Backend for Redis {
     }
     fn restart(&mut self) {
         Redis::restart(self)
+    }
+    fn listeners(&self, channel: &str) -> u32 {
+        second_line_number(&Redis::cli(self, &["PUBSUB", "NUMSUB", channel]))
     }
 }
 
@@ -630,5 +642,11 @@ impl Backend for RedisCluster {
             n.wait_up();
         }
         self.create();
+    }
+    fn listeners(&self, channel: &str) -> u32 {
+        self.cli_all(&["PUBSUB", "SHARDNUMSUB", channel])
+            .iter()
+            .map(|o| second_line_number(o))
+            .sum()
     }
 }

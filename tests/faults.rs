@@ -1,0 +1,375 @@
+//! Hostile clients do not hurt the others (issue 6): a flood of half-open
+//! handshakes neither starves a real client nor outlives the handshake
+//! timeout; a burst of 10 000 tiny commands is rate limited and closed
+//! with 1008 while another client's pings and deliveries go on; and a
+//! subscriber that never reads does not grow the server's memory while
+//! 50 MB are published through its subscription. (SIGTERM draining with
+//! 1001 is proven over a real process in `process.rs`.)
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::RwLock;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The memory tests read this process's RSS, so they run alone: they take
+/// this lock for writing, every other test of the file for reading.
+static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_handshakes_neither_starve_real_clients_nor_outlive_the_handshake_timeout() {
+    const HALF_OPEN: usize = 300;
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+    let _shared = EXCLUSIVE.read().await;
+    let s = start_with(|o| o.handshake_timeout_secs = Some(HANDSHAKE_TIMEOUT.as_secs_f64())).await;
+
+    // Two kinds of stalled client: one sends the start of an upgrade
+    // request and stops before its blank line, one sends nothing at all.
+    let partial = format!(
+        "GET /ws/market-data/?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+        token("slowloris"),
+        s.addr
+    );
+    let opened = Instant::now();
+    let mut stalled = Vec::with_capacity(HALF_OPEN);
+    for i in 0..HALF_OPEN {
+        let mut tcp = TcpStream::connect(s.addr).await.expect("connect");
+        if i % 3 != 0 {
+            tcp.write_all(partial.as_bytes()).await.expect("partial request");
+        }
+        stalled.push(tcp);
+    }
+
+    // A real client, while all of them hang: it connects, subscribes and
+    // gets a message at once.
+    let started = Instant::now();
+    let mut real = s.market("real", &["HALF"]).await;
+    s.publish_ok(market_update("HALF", 1.0)).await;
+    let update = real.recv_type("market_update").await;
+    assert_eq!(update["symbol"], "HALF");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "a real client took {took:?} to connect and receive beside {HALF_OPEN} half-open handshakes"
+    );
+    assert!(
+        opened.elapsed() < HANDSHAKE_TIMEOUT,
+        "the half-open handshakes timed out before the real client was done: nothing was proven"
+    );
+
+    // Every stalled socket is closed by the server once the handshake
+    // timeout passes (hyper may answer 408 first; what matters is the end).
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT + WAIT;
+    let mut buf = [0u8; 1024];
+    for (i, tcp) in stalled.iter_mut().enumerate() {
+        loop {
+            match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+                Err(_) => panic!(
+                    "stalled connection {i} ({}) still open {:?} after it was opened",
+                    if i % 3 == 0 { "silent" } else { "partial request" },
+                    opened.elapsed()
+                ),
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+    let all_closed = opened.elapsed();
+    assert!(
+        all_closed >= HANDSHAKE_TIMEOUT - Duration::from_millis(100),
+        "closed after {all_closed:?}, before the handshake timeout"
+    );
+    assert_eq!(s.node.open_connections(), 1, "only the real client holds a place");
+
+    // The real client was not disturbed by any of it.
+    s.publish_ok(market_update("HALF", 2.0)).await;
+    assert_eq!(real.recv_type("market_update").await["price"], 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_tiny_commands_are_rate_limited_and_closed_while_others_are_unaffected() {
+    const BURST: usize = 10_000;
+    const ROUNDS: u64 = 40;
+    let _shared = EXCLUSIVE.read().await;
+    // The defaults: 50 commands a second, bursts of 100, closed after 20
+    // refusals in a row.
+    let s = start().await;
+    let mut bystander = s.market("bystander", &["CALM"]).await;
+    let flooder = s.connect("market-data", "flooder").await;
+    let (mut flood_tx, mut flood_rx) = flooder.ws.split();
+
+    let flooding = tokio::spawn(async move {
+        for i in 0..BURST {
+            let ping = json!({"type": "ping", "id": i}).to_string();
+            if flood_tx.feed(Message::Text(ping.into())).await.is_err() {
+                return i;
+            }
+        }
+        let _ = flood_tx.flush().await;
+        BURST
+    });
+    let answers = tokio::spawn(async move {
+        let (mut pongs, mut refused, mut close) = (0usize, 0usize, None);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, flood_rx.next()).await {
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).expect("JSON");
+                    match v["type"].as_str() {
+                        Some("pong") => pongs += 1,
+                        Some("error") => {
+                            assert_eq!(v["code"], "rate_limited", "{v}");
+                            assert!(v["id"].is_u64(), "a refusal echoes the id: {v}");
+                            refused += 1;
+                        }
+                        _ => panic!("unexpected answer {v}"),
+                    }
+                }
+                Message::Close(f) => {
+                    close = Some(f.map(|f| u16::from(f.code)));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        (pongs, refused, close)
+    });
+
+    // Meanwhile the bystander pings and receives a stream of updates.
+    let publisher = {
+        let api = Api {
+            addr: s.addr,
+            http: reqwest::Client::new(),
+        };
+        tokio::spawn(async move {
+            for i in 0..ROUNDS {
+                api.publish_ok(market_update("CALM", i as f64)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut seqs_seen = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for i in 0..ROUNDS {
+        let sent = Instant::now();
+        bystander.send(json!({"type": "ping", "id": i})).await;
+        loop {
+            let v = bystander.recv().await;
+            match v["type"].as_str() {
+                Some("market_update") => seqs_seen.push(v["seq"].as_u64().unwrap()),
+                Some("pong") if v["id"] == i => break,
+                _ => panic!("the bystander got {v}"),
+            }
+        }
+        slowest = slowest.max(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    publisher.await.unwrap();
+    while seqs_seen.len() < ROUNDS as usize {
+        seqs_seen.push(bystander.recv_type("market_update").await["seq"].as_u64().unwrap());
+    }
+    assert_consecutive(&seqs_seen, 1);
+    assert!(
+        slowest < Duration::from_millis(500),
+        "the bystander's slowest ping took {slowest:?}"
+    );
+
+    let (pongs, refused, close) = answers.await.unwrap();
+    let sent = flooding.await.unwrap();
+    assert_eq!(close, Some(Some(1008)), "the flooder is closed with 1008");
+    assert!(refused >= 1, "no rate_limited answer before the close");
+    assert!(
+        (100..=150).contains(&pongs),
+        "{pongs} pongs: the burst of 100 and little more"
+    );
+    assert!(
+        pongs + refused < BURST,
+        "all {sent} sent commands were taken"
+    );
+    let stats = s.stats().await;
+    assert!(stats["rate_limited_commands"].as_u64() >= Some(refused as u64), "{stats}");
+    let (_, metrics) = s.get("/metrics").await;
+    assert!(metrics.contains("tickwire_rate_limit_closes_total 1"), "{metrics}");
+}
+
+/// This process's resident set, in bytes, from /proc/self/status.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kb * 1024
+}
+
+/// Samples the RSS every 10 ms until dropped; `peak` is the highest seen.
+struct RssWatch {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssWatch {
+    fn start() -> RssWatch {
+        let peak = Arc::new(AtomicU64::new(rss_bytes()));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+        }
+        RssWatch { peak, stop }
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed).max(rss_bytes())
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A market-data client on BIG that asked the kernel for a tiny receive
+/// buffer, and will not read.
+async fn never_reading_client(s: &TestServer) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(s.addr).await.unwrap();
+    let req = format!("ws://{}/ws/market-data/?token={}", s.addr, token("never-reads"))
+        .into_client_request()
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+        .expect("handshake");
+    let mut c = Client { ws };
+    c.send(json!({"type": "subscribe", "symbols": ["BIG"]})).await;
+    c.recv_type("subscribed").await;
+    c
+}
+
+/// 50 MiB of market data: 800 updates of 64 KiB, 10 to a publish.
+const UPDATES: usize = 800;
+const BATCH: usize = 10;
+const PAD_BYTES: usize = 64 * 1024;
+/// How much the process may grow while they go through.
+const RSS_BOUND: u64 = 64 * 1024 * 1024;
+
+fn big_batch(chunk: usize, padding: &str) -> Value {
+    Value::Array(
+        (0..BATCH)
+            .map(|i| json!({"type": "market_update", "symbol": "BIG", "price": (chunk * BATCH + i) as f64, "pad": padding}))
+            .collect(),
+    )
+}
+
+async fn slow_consumer_cuts(s: &TestServer) -> u64 {
+    s.stats().await["slow_consumer_cuts"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_reading_subscriber_is_cut_with_4002_and_memory_stays_bounded() {
+    let _alone = EXCLUSIVE.write().await;
+    // History is kept small so that what is measured is the subscriber's
+    // queue, not the resume window (which holds `history_messages` per stream).
+    let s = start_with(|o| {
+        o.outbound_queue_frames = Some(16);
+        o.market_data_overflow = Some("close".into());
+        o.history_messages = Some(8);
+    })
+    .await;
+    let stalled = never_reading_client(&s).await;
+    let mut stalled = Some(stalled);
+    let mut watcher = None;
+    let padding = "x".repeat(PAD_BYTES);
+    let baseline = rss_bytes();
+    let watch = RssWatch::start();
+    for chunk in 0..UPDATES / BATCH {
+        s.publish_ok(big_batch(chunk, &padding)).await;
+        // Once it is cut, the client reads what reached it: the close frame
+        // must be there (a writer stuck on its socket for 10 s would drop
+        // the connection without one).
+        if watcher.is_none() && slow_consumer_cuts(&s).await >= 1 {
+            let mut c = stalled.take().unwrap();
+            watcher = Some(tokio::spawn(async move { c.closed().await }));
+        }
+    }
+    let peak = watch.peak();
+    drop(watch);
+    let watcher = watcher.expect("the never-reading subscriber was never cut");
+    let closed = watcher.await.unwrap();
+    assert_eq!(closed.code, Some(4002), "{closed:?}");
+    assert_eq!(closed.reason, "slow consumer");
+    assert_eq!(slow_consumer_cuts(&s).await, 1);
+    let grew = peak.saturating_sub(baseline);
+    assert!(
+        grew < RSS_BOUND,
+        "RSS grew by {} MiB (from {} MiB) while 50 MiB went to a subscriber that never reads",
+        grew >> 20,
+        baseline >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_reading_conflated_subscriber_keeps_memory_bounded_and_is_dropped_when_its_writes_stall() {
+    let _alone = EXCLUSIVE.write().await;
+    // The default policy on /ws/market-data/: a full queue is conflated,
+    // so the queue alone never cuts this client; a socket write stalled
+    // for 10 s does.
+    let s = start_with(|o| {
+        o.outbound_queue_frames = Some(16);
+        o.history_messages = Some(8);
+    })
+    .await;
+    let mut stalled = never_reading_client(&s).await;
+    let padding = "x".repeat(PAD_BYTES);
+    let baseline = rss_bytes();
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    for chunk in 0..UPDATES / BATCH {
+        s.publish_ok(big_batch(chunk, &padding)).await;
+    }
+    assert!(
+        s.stats().await["conflated_frames"].as_u64() > Some(0),
+        "the queue never overflowed"
+    );
+    // Bounded wait for the stalled write to be given up (10 s after it
+    // began, so well within 30 s of the start).
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(30) {
+        if slow_consumer_cuts(&s).await >= 1 {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peak = watch.peak();
+    drop(watch);
+    assert!(cut, "a subscriber whose socket accepts nothing was never dropped");
+    let grew = peak.saturating_sub(baseline);
+    assert!(
+        grew < RSS_BOUND,
+        "RSS grew by {} MiB (from {} MiB) while 50 MiB went to a subscriber that never reads",
+        grew >> 20,
+        baseline >> 20
+    );
+    // Its connection ends (a writer stuck mid-frame cannot send a close
+    // frame, so none is required).
+    let closed = stalled.closed().await;
+    assert!(matches!(closed.code, None | Some(4002)), "{closed:?}");
+}
