@@ -102,7 +102,9 @@ impl Session {
             return None;
         }
         let result = match envelope.command {
-            Ok(c) => self.act(c, id).await,
+            // Boxed: acting may wait on Redis, a large future that every idle
+            // connection's task would otherwise carry inline.
+            Ok(c) => Box::pin(self.act(c, id)).await,
             Err(e) => Err(e),
         };
         self.node.metrics.command(result.is_ok());
@@ -412,7 +414,7 @@ pub async fn serve_subscriber(
         symbols: HashSet::new(),
         limit,
     };
-    session.attach().await;
+    Box::pin(session.attach()).await;
 
     let expiry = session.identity.expires_at.map(|at| {
         let left = at

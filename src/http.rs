@@ -38,9 +38,13 @@ pub struct PeerAddr(pub SocketAddr);
 #[folder = "static/"]
 struct Assets;
 
-/// Bytes a connection reads from its socket at a time; subscriber
-/// commands are small, and this buffer is held by every idle connection.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes a subscriber connection reads from its socket at a time (a larger
+/// message is still read whole): commands are small, and this buffer is
+/// held by every idle connection (`loadgen idle`: 4 KiB of it was a third
+/// of an idle connection's memory).
+const READ_BUFFER_BYTES: usize = 512;
+/// Publishers send large batches on `/ws/ingest`: read them in big chunks.
+const INGEST_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Frames are written once this much is buffered, or at the end of a batch.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -200,7 +204,12 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
     } else {
         node.config.max_message_bytes
     };
-    let ws_config = ws_config(max_message);
+    let read_buffer = if endpoint == Endpoint::Ingest {
+        INGEST_READ_BUFFER_BYTES
+    } else {
+        READ_BUFFER_BYTES
+    };
+    let ws_config = ws_config(max_message, read_buffer);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -261,9 +270,9 @@ fn admit(node: &Arc<Node>, peer: SocketAddr) -> Result<ConnectionPermit, Respons
 }
 
 /// The limits every WebSocket of a node is read and written with.
-fn ws_config(max_message: NonZeroUsize) -> WebSocketConfig {
+fn ws_config(max_message: NonZeroUsize, read_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(16 * 1024 * 1024)
         .max_message_size(Some(max_message.get()))
@@ -295,7 +304,7 @@ async fn upgrade_echo(State(node): State<Arc<Node>>, mut req: Request) -> Respon
         Err(refusal) => return refusal,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let ws_config = ws_config(node.config.max_message_bytes);
+    let ws_config = ws_config(node.config.max_message_bytes, READ_BUFFER_BYTES);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -318,7 +327,9 @@ async fn run_connection(
 ) {
     if endpoint == Endpoint::Ingest {
         let publisher = identity.publisher_key();
-        connection::serve_ingest(ws, node, publisher, peer).await;
+        // Boxed: publishing is a deep future that the many subscriber
+        // connections, sharing this function, should not carry inline.
+        Box::pin(connection::serve_ingest(ws, node, publisher, peer)).await;
     } else {
         connection::serve_subscriber(ws, node, endpoint, identity, peer).await;
     }

@@ -257,7 +257,10 @@ fn count_entries(body: &[u8]) -> u32 {
             continue;
         }
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                in_string = true;
+                any |= depth == 1;
+            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth == 2 {
