@@ -193,6 +193,16 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
         Ok(k) => k,
         Err(refusal) => return refusal,
     };
+    if !node.is_ready() && !node.shutdown.is_triggered() {
+        // A cluster node without its Redis link cannot resume a client
+        // correctly (it would answer from its own, possibly empty, memory):
+        // send new clients elsewhere, as /ready says. Open ones stay.
+        node.metrics.handshake_rejected();
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: this node cannot reach Redis",
+        );
+    }
     let peer = peer_addr(&req);
     let permit = match admit(&node, peer) {
         Ok(p) => p,

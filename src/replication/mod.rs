@@ -222,6 +222,20 @@ impl Replication {
         self.up.load(Ordering::Acquire)
     }
 
+    /// Waits (up to `patience`) for the link to be up and caught up; a
+    /// resume is answered from Redis rather than from a memory that may
+    /// have a hole.
+    pub async fn wait_up(&self, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        while !self.is_up() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Nodes heard from in the last few seconds (this one included).
     pub fn nodes(&self) -> Vec<String> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -303,6 +317,11 @@ impl Replication {
 
     /// The kept messages of a stream after `after`, and its head.
     pub async fn fetch_history(&self, key: &StreamKey, after: Seq) -> Result<Fetched, ReplicationError> {
+        self.wait_up(Duration::from_secs(3)).await;
+        self.read_history(key, after).await
+    }
+
+    async fn read_history(&self, key: &StreamKey, after: Seq) -> Result<Fetched, ReplicationError> {
         let sid = layout::stream_id(key);
         let p = layout::prefix(layout::group_of(&sid));
         let mut conn = self.conn()?;
@@ -529,7 +548,11 @@ impl Replication {
                     Err(e) => e.to_string(),
                     Ok(()) => "link closed".into(),
                 };
-                tracing::warn!(url = %self.url, error = %why, "Redis link lost: not ready; serving local subscribers, refusing publishes, reconnecting with backoff");
+                if was_up {
+                    tracing::warn!(url = %self.url, error = %why, "Redis link lost: not ready; serving local subscribers, refusing publishes and new clients, reconnecting with backoff");
+                } else {
+                    tracing::warn!(url = %self.url, error = %why, "Redis unreachable: not ready; retrying with backoff");
+                }
                 reported_down = true;
             }
             let jitter = Duration::from_millis(layout::now_micros() % 100);
@@ -839,7 +862,7 @@ impl Replication {
     async fn catch_up(&self, node: &Arc<Node>, heads: Vec<(StreamKey, Seq)>) -> Result<(), ReplicationError> {
         let mut caught = 0usize;
         for (key, head) in heads {
-            let fetched = self.fetch_history(&key, head).await?;
+            let fetched = self.read_history(&key, head).await?;
             for e in fetched.entries {
                 let inbound = Inbound {
                     kind: e.kind,

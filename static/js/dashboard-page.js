@@ -108,8 +108,28 @@
     return Object.assign({ stroke: textColor, grid: { stroke: gridColor, width: 1 }, ticks: { stroke: gridColor, width: 1 } }, extra || {});
   }
 
+  // Ticks closer than a minute apart carry seconds (14:10:15, 14:10:30),
+  // or a minute's ticks would all read the same (14:10, 14:10, 14:10).
   function timeAxis() {
-    return axis({ values: function (u, vals) { return vals.map(function (v) { return new Date(v * 1000).toTimeString().slice(0, 5); }); } });
+    return axis({
+      space: 64,
+      values: function (u, vals, axisIdx, foundSpace, foundIncr) {
+        var len = foundIncr < 60 ? 8 : 5;
+        return vals.map(function (v) { return new Date(v * 1000).toTimeString().slice(0, len); });
+      }
+    });
+  }
+
+  // A log axis with a grid line per power of ten only; uPlot's default adds
+  // 2..9 of every decade, a dense band of lines on a chart this small.
+  function decadeSplits(u, axisIdx, min, max) {
+    var splits = [];
+    if (!(min > 0) || !(max > 0)) return splits;
+    for (var p = Math.floor(Math.log10(min)); p <= Math.ceil(Math.log10(max)); p++) {
+      var v = Math.pow(10, p);
+      if (v >= min * 0.999 && v <= max * 1.001) splits.push(v);
+    }
+    return splits;
   }
 
   makeChart('chart-conns',
@@ -136,7 +156,7 @@
       line('write p99.9', COLORS[4], { value: function (u, v) { return fmtMicros(v); } }),
       line('enqueue p99', COLORS[3], { dash: [6, 4], value: function (u, v) { return fmtMicros(v); } })
     ],
-    [timeAxis(), axis({ size: 60, values: function (u, vals) { return vals.map(fmtMicros); } })],
+    [timeAxis(), axis({ size: 60, splits: decadeSplits, values: function (u, vals) { return vals.map(fmtMicros); } })],
     { y: { distr: 3, log: 10, range: function (u, min, max) {
       var lo = Math.pow(10, Math.floor(Math.log10(Math.max(1, min || 1))));
       var hi = Math.pow(10, Math.ceil(Math.log10(Math.max(lo * 10, max || 10))));
@@ -192,6 +212,11 @@
     if (arr.length > WINDOW_POINTS) arr.shift();
   }
 
+  // A histogram with no sample yet reports zeros: shown as "–", not "0 µs".
+  function latency(h) {
+    return h && num(h.count) !== 0 ? h : {};
+  }
+
   function totalIn(stats) {
     var m = stats.messages_in || {};
     return Object.keys(m).reduce(function (sum, k) { return sum + (num(m[k]) || 0); }, 0);
@@ -218,8 +243,8 @@
     push(outSeries, outRate);
 
     var lat = stats.latency_us || {};
-    var write = lat.publish_to_write || {};
-    var enqueue = lat.publish_to_enqueue || {};
+    var write = latency(lat.publish_to_write);
+    var enqueue = latency(lat.publish_to_enqueue);
     push(latSeries.w50, positive(write.p50));
     push(latSeries.w99, positive(write.p99));
     push(latSeries.w999, positive(write.p999));
@@ -239,32 +264,70 @@
     $('kpi-conns').textContent = fmtCount(subscribers);
     $('kpi-conns-sub').textContent = 'subscribers · ' + fmtCount(num(conns.ingest) || 0) + ' ingest';
     $('kpi-in').textContent = rates.inRate === null ? '–' : fmtCount(rates.inRate);
-    $('kpi-in-total').textContent = fmtCount(totalIn(stats)) + ' total';
+    var refused = (num(stats.rejected_publishes) || 0) + (num(stats.rate_limited_publishes) || 0);
+    $('kpi-in-total').textContent = fmtCount(totalIn(stats)) + ' total · ' + fmtCount(refused) + ' refused';
     $('kpi-out').textContent = rates.outRate === null ? '–' : fmtCount(rates.outRate);
     $('kpi-out-total').textContent = fmtCount(stats.messages_out) + ' total';
     $('kpi-bytes').textContent = rates.bytesRate === null ? '–' : fmtBytes(rates.bytesRate);
     $('kpi-bytes-total').textContent = fmtBytes(stats.bytes_out) + ' total';
-    var write = (stats.latency_us || {}).publish_to_write || {};
+    var write = latency((stats.latency_us || {}).publish_to_write);
     $('kpi-p99').textContent = fmtMicros(write.p99);
-    $('kpi-p50').textContent = 'p50 ' + fmtMicros(write.p50) + ' · max ' + fmtMicros(write.max);
+    $('kpi-p50').textContent = write.p50 === undefined ? 'no socket writes yet' : 'p50 ' + fmtMicros(write.p50) + ' · max ' + fmtMicros(write.max);
+    // A lagging market-data subscriber is first conflated (its queued ticks
+    // of a symbol merged into the newest), and cut (4002) only if that is
+    // not enough: the two counters belong side by side.
     $('kpi-slow').textContent = fmtCount(stats.slow_consumer_cuts);
-    var cutsDelta = prev ? (num(stats.slow_consumer_cuts) || 0) - (num(prev.slow_consumer_cuts) || 0) : 0;
-    $('kpi-slow').parentNode.classList.toggle('alert', cutsDelta > 0);
-    $('kpi-slow-sub').textContent = (cutsDelta > 0 ? '+' + cutsDelta + ' this second · ' : '') + fmtCount(stats.rejected_publishes) + ' rejected publishes';
+    $('kpi-conflated').textContent = fmtCount(stats.conflated_frames);
+    var delta = function (key) { return prev ? Math.max(0, (num(stats[key]) || 0) - (num(prev[key]) || 0)) : 0; };
+    var cutsDelta = delta('slow_consumer_cuts');
+    var conflatedDelta = delta('conflated_frames');
+    var slowCard = $('kpi-slow-card');
+    slowCard.classList.toggle('alert', cutsDelta > 0);
+    slowCard.classList.toggle('warn', cutsDelta === 0 && conflatedDelta > 0);
+    $('kpi-slow-sub').textContent = cutsDelta > 0 || conflatedDelta > 0
+      ? 'last second: +' + fmtCount(cutsDelta) + ' cut · +' + fmtCount(conflatedDelta) + ' conflated'
+      : 'none in the last second';
 
     var redis = stats.redis || {};
     var redisText = !redis.configured ? 'off' : redis.connected ? 'connected' : 'down';
     $('kpi-redis').textContent = redisText;
     $('kpi-redis').className = 'value ' + (!redis.configured ? '' : redis.connected ? 'up' : 'down');
-    $('kpi-redis-sub').textContent = redis.configured ? (redis.nodes || []).length + ' node' + ((redis.nodes || []).length === 1 ? '' : 's') : 'embedded mode';
     var pill = $('redis-pill');
     pill.textContent = redisText;
     pill.className = 'pill ' + (!redis.configured ? '' : redis.connected ? 'good' : 'bad');
-    var nodes = Array.isArray(redis.nodes) ? redis.nodes : [];
-    var list = $('redis-nodes');
-    list.replaceChildren.apply(list, nodes.map(function (n) { return el('li', 'mono', String(n)); }));
-    $('redis-empty').hidden = nodes.length > 0;
-    $('redis-empty').textContent = redis.configured ? 'No nodes reported.' : 'Embedded mode: no Redis configured.';
+    renderNodes(redis);
+  }
+
+  // The cluster's nodes as Redis heartbeats report them, this node first and
+  // marked. This node is shown even while its own heartbeat is not heard
+  // (Redis down), flagged so.
+  var nodesKey = null;
+  function renderNodes(redis) {
+    var heard = Array.isArray(redis.nodes) ? redis.nodes.map(String) : [];
+    var self = typeof redis.node_id === 'string' ? redis.node_id : null;
+    var others = heard.filter(function (n) { return n !== self; }).sort();
+    var count = heard.length + (self && heard.indexOf(self) < 0 ? 1 : 0);
+    $('kpi-redis-sub').textContent = redis.configured ? count + ' node' + (count === 1 ? '' : 's') + ' in the cluster' : 'embedded mode';
+    var rows = (self ? [{ id: self, self: true, heard: heard.indexOf(self) >= 0 }] : [])
+      .concat(others.map(function (n) { return { id: n, self: false, heard: true }; }));
+    var key = JSON.stringify(rows);
+    if (key !== nodesKey) {
+      nodesKey = key;
+      var list = $('redis-nodes');
+      list.replaceChildren.apply(list, rows.map(function (n) {
+        var li = el('li');
+        li.setAttribute('data-node-id', n.id);
+        if (n.self) li.setAttribute('data-self', '');
+        li.appendChild(el('span', 'dot ' + (n.heard ? 'up' : 'down')));
+        li.appendChild(el('span', 'mono id', n.id));
+        if (n.self) li.appendChild(el('span', 'pill info', 'this node'));
+        if (!n.heard) li.appendChild(el('span', 'pill bad', 'no heartbeat'));
+        return li;
+      }));
+    }
+    $('redis-empty').hidden = rows.length > 0;
+    $('redis-hint').hidden = !redis.configured;
+    $('redis-empty').textContent = redis.configured ? 'No nodes heard from yet.' : 'Embedded mode: no Redis configured.';
   }
 
   function renderTables(stats, inRates, outRate, bytesRate, prev) {
@@ -277,8 +340,8 @@
 
     var lat = stats.latency_us || {};
     var latRows = $('lat-rows');
-    var enqueue = lat.publish_to_enqueue || {};
-    var write = lat.publish_to_write || {};
+    var enqueue = latency(lat.publish_to_enqueue);
+    var write = latency(lat.publish_to_write);
     latRows.replaceChildren.apply(latRows, [['p50', 'p50'], ['p90', 'p90'], ['p99', 'p99'], ['p999', 'p99.9'], ['max', 'max']].map(function (pair) {
       return row([pair[1], fmtMicros(enqueue[pair[0]]), fmtMicros(write[pair[0]])], { 'data-percentile': pair[0] });
     }));
@@ -290,8 +353,17 @@
     });
     rows.push(row(['out: messages', fmtCount(stats.messages_out), rateText(outRate)], { 'data-counter': 'messages_out' }));
     rows.push(row(['out: bytes', fmtBytes(stats.bytes_out), bytesRate === null ? '–' : fmtBytes(bytesRate)], { 'data-counter': 'bytes_out' }));
-    rows.push(row(['slow-consumer cuts', fmtCount(stats.slow_consumer_cuts), rateText(prev ? rate(stats.slow_consumer_cuts, prev.slow_consumer_cuts, stats.uptime_s - prev.uptime_s) : null)], { 'data-counter': 'slow_consumer_cuts' }));
-    rows.push(row(['rejected publishes', fmtCount(stats.rejected_publishes), rateText(prev ? rate(stats.rejected_publishes, prev.rejected_publishes, stats.uptime_s - prev.uptime_s) : null)], { 'data-counter': 'rejected_publishes' }));
+    [
+      ['slow-consumer cuts', 'slow_consumer_cuts'],
+      ['conflated frames', 'conflated_frames'],
+      ['rejected publishes', 'rejected_publishes'],
+      ['rate-limited publishes', 'rate_limited_publishes'],
+      ['rate-limited commands', 'rate_limited_commands']
+    ].forEach(function (pair) {
+      var key = pair[1];
+      var perSecond = prev ? rate(stats[key], prev[key], stats.uptime_s - prev.uptime_s) : null;
+      rows.push(row([pair[0], fmtCount(num(stats[key]) || 0), rateText(perSecond)], { 'data-counter': key }));
+    });
     var msgRows = $('msg-rows');
     msgRows.replaceChildren.apply(msgRows, rows);
   }

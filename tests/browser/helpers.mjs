@@ -377,3 +377,47 @@ export async function waitReady(server, timeout = 20000) {
   }
   throw new Error(server.url + '/ready never answered 200 (last: ' + last + ')');
 }
+
+// A plain TCP relay to 127.0.0.1:targetPort (any protocol, e.g. a node's link
+// to Redis). hold() makes new connections wait, unanswered, until release();
+// connections already relayed are not touched.
+export async function startTcpGate(targetPort) {
+  const sockets = new Set();
+  const waiting = [];
+  let held = false;
+  const track = (sock) => {
+    sockets.add(sock);
+    sock.on('close', () => sockets.delete(sock));
+    sock.on('error', () => {});
+  };
+  const server = net.createServer((client) => {
+    track(client);
+    client.pause();
+    const relay = () => {
+      if (client.destroyed) return;
+      const upstream = net.connect(targetPort, '127.0.0.1');
+      track(upstream);
+      upstream.on('close', () => client.destroy());
+      client.on('close', () => upstream.destroy());
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.resume();
+    };
+    if (held) waiting.push(relay); else relay();
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = server.address().port;
+  return {
+    port,
+    hold() { held = true; },
+    release() {
+      held = false;
+      for (const relay of waiting.splice(0)) relay();
+    },
+    async close() {
+      waiting.length = 0;
+      for (const sock of [...sockets]) sock.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  };
+}
