@@ -191,7 +191,7 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
     };
     let key = match websocket_key(headers) {
         Ok(k) => k,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     if !node.is_ready() && !node.shutdown.is_triggered() {
         // A cluster node without its Redis link cannot resume a client
@@ -206,7 +206,7 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
     let peer = peer_addr(&req);
     let permit = match admit(&node, peer) {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max_message = if endpoint == Endpoint::Ingest {
@@ -236,21 +236,21 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
 }
 
 /// The `Sec-WebSocket-Key` of a valid version-13 upgrade request, or the
-/// 426 that answers anything else.
-fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, Response> {
+/// 426 that answers anything else (boxed, as in [`admit`]).
+fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return Err(error_response(
+        return Err(Box::new(error_response(
             StatusCode::UPGRADE_REQUIRED,
             "this endpoint speaks WebSocket: send an Upgrade request",
-        ));
+        )));
     };
     if !header_has(headers, header::UPGRADE, "websocket")
         || !header_has(headers, header::CONNECTION, "upgrade")
     {
-        return Err(error_response(
+        return Err(Box::new(error_response(
             StatusCode::UPGRADE_REQUIRED,
             "this endpoint speaks WebSocket: send an Upgrade request",
-        ));
+        )));
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         let mut resp = error_response(
@@ -259,7 +259,7 @@ fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, Response> {
         );
         resp.headers_mut()
             .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return Err(resp);
+        return Err(Box::new(resp));
     }
     Ok(key)
 }
@@ -271,11 +271,12 @@ fn peer_addr(req: &Request) -> SocketAddr {
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
-/// A place under the connection limits, or the 503/429 that refuses it.
-fn admit(node: &Arc<Node>, peer: SocketAddr) -> Result<ConnectionPermit, Response> {
+/// A place under the connection limits, or the 503/429 that refuses it
+/// (boxed: a `Response` is large, and refusals are the rare path).
+fn admit(node: &Arc<Node>, peer: SocketAddr) -> Result<ConnectionPermit, Box<Response>> {
     node.admit(peer.ip()).map_err(|(status, why)| {
         node.metrics.handshake_rejected();
-        error_response(status, why)
+        Box::new(error_response(status, why))
     })
 }
 
@@ -306,12 +307,12 @@ fn switching_protocols(key: &HeaderValue) -> Response {
 async fn upgrade_echo(State(node): State<Arc<Node>>, mut req: Request) -> Response {
     let key = match websocket_key(req.headers()) {
         Ok(k) => k,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let peer = peer_addr(&req);
     let permit = match admit(&node, peer) {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = ws_config(node.config.max_message_bytes, READ_BUFFER_BYTES);

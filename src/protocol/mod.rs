@@ -204,10 +204,24 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| !c.is_whitespace() && !c.is_control() && c != '*')
 }
 
+/// Deepest nesting of arrays and objects a message may have. Building a
+/// `serde_json::Value` recurses once per level and simd-json sets no limit
+/// of its own: a 10 KB frame of `[[[[…` overflowed the stack of a runtime
+/// thread and aborted the process (found by `fuzz/`, see docs/fuzzing.md).
+/// serde_json's own parser stops at the same depth.
+pub const MAX_JSON_DEPTH: usize = 128;
+
 /// Parses JSON with simd-json (which needs a mutable copy of the input);
 /// on failure re-parses with serde_json, only to give the client serde's
-/// line-and-column message.
+/// line-and-column message. Input nested deeper than [`MAX_JSON_DEPTH`]
+/// is refused before either parser sees it.
 pub fn parse_json(input: &[u8]) -> Result<serde_json::Value, ProtocolError> {
+    if !nesting_within(input, MAX_JSON_DEPTH) {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidJson,
+            format!("nested deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
     let mut scratch = input.to_vec();
     match simd_json::serde::from_slice::<serde_json::Value>(&mut scratch) {
         Ok(v) => Ok(v),
@@ -219,6 +233,40 @@ pub fn parse_json(input: &[u8]) -> Result<serde_json::Value, ProtocolError> {
             Err(ProtocolError::new(ErrorCode::InvalidJson, message))
         }
     }
+}
+
+/// Whether `input`'s arrays and objects nest at most `max` deep. Exact for
+/// valid JSON; invalid JSON is refused by the parser's structure check
+/// before anything recurses, so under-counting it does no harm.
+fn nesting_within(input: &[u8], max: usize) -> bool {
+    // Fast path: fewer openings than the limit cannot nest past it.
+    if input.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
+        return true;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in input {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Current time as RFC 3339 UTC with microseconds, the format the server
@@ -255,6 +303,19 @@ mod tests {
             let v = parse_json(text.as_bytes()).unwrap();
             proptest::prop_assert_eq!(v["p"].as_f64(), Some(x));
         }
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_and_strings_do_not_count() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse_json(deep(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        let err = parse_json(deep(MAX_JSON_DEPTH + 1).as_bytes()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        assert!(err.message.contains("nested deeper"), "{}", err.message);
+        let in_strings = format!(r#"{{"a": "{}", "b": "\"[[[", "c": [1]}}"#, "[{".repeat(500));
+        assert!(parse_json(in_strings.as_bytes()).is_ok());
+        let wide = format!("[{}]", vec!["[[{}]]"; 500].join(","));
+        assert!(parse_json(wide.as_bytes()).is_ok());
     }
 
     #[test]
