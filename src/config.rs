@@ -17,6 +17,9 @@ use serde::Deserialize;
 /// The JWT secret shipped in `config/tickwire.toml`; a server using it
 /// warns at start, since anyone can mint tokens with it.
 pub const DEV_JWT_SECRET: &str = "dev-only-jwt-secret-change-me";
+/// The largest `limits.max_publish_bytes` accepted (8 MiB).
+pub const MAX_PUBLISH_BYTES_LIMIT: usize = 8 * 1024 * 1024;
+
 /// The publisher key shipped in `config/tickwire.toml`.
 pub const DEV_API_KEY: &str = "dev-only-api-key-change-me";
 
@@ -385,6 +388,17 @@ impl Config {
                     ))
                 }
             };
+        let max_publish_bytes = nonzero(
+            "limits.max_publish_bytes",
+            pick(&o.max_publish_bytes, l.max_publish_bytes, 1024 * 1024),
+        )?;
+        if max_publish_bytes.get() > MAX_PUBLISH_BYTES_LIMIT {
+            // A subscriber's write buffer holds at most 16 MiB: an update must fit in it twice over.
+            return Err(invalid(
+                "limits.max_publish_bytes",
+                format!("must be at most {MAX_PUBLISH_BYTES_LIMIT}"),
+            ));
+        }
         let publishes_per_second_per_key = pick(
             &o.publishes_per_second_per_key,
             l.publishes_per_second_per_key,
@@ -440,10 +454,7 @@ impl Config {
             )?,
             max_connections_per_ip: NonZeroUsize::new(max_connections_per_ip),
             max_message_bytes,
-            max_publish_bytes: nonzero(
-                "limits.max_publish_bytes",
-                pick(&o.max_publish_bytes, l.max_publish_bytes, 1024 * 1024),
-            )?,
+            max_publish_bytes,
             max_subscriptions: nonzero(
                 "limits.max_subscriptions",
                 pick(&o.max_subscriptions, l.max_subscriptions, 200),
@@ -532,6 +543,20 @@ fn secs(key: &'static str, s: f64) -> Result<Duration, ConfigError> {
         .ok_or_else(|| invalid(key, format!("`{s}` is not a positive number of seconds")))
 }
 
+/// A URL fit for logs: a password in it is replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 /// Parses a token lifetime: plain seconds, or a humantime duration.
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     if let Ok(n) = s.parse::<u64>() {
@@ -571,6 +596,19 @@ mod tests {
         };
         let e = Config::from_raw(RawConfig::default(), &o).unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redacted_url("redis://:hunter2@10.0.0.5:6379"),
+            "redis://:***@10.0.0.5:6379"
+        );
+        assert_eq!(
+            redacted_url("redis://app:s3:cr@et@host:1/0"),
+            "redis://app:***@host:1/0"
+        );
+        assert_eq!(redacted_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 
     #[test]

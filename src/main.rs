@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
             let mut shown = config.clone();
             shown.jwt_secret = "***".into();
             shown.api_keys = shown.api_keys.iter().map(|_| "***".to_string()).collect();
+            shown.redis_url = shown.redis_url.as_deref().map(tickwire::config::redacted_url);
             println!("{shown:#?}");
             for w in config.warnings() {
                 println!("warning: {w}");

@@ -549,9 +549,9 @@ impl Replication {
                     Ok(()) => "link closed".into(),
                 };
                 if was_up {
-                    tracing::warn!(url = %self.url, error = %why, "Redis link lost: not ready; serving local subscribers, refusing publishes and new clients, reconnecting with backoff");
+                    tracing::warn!(url = %crate::config::redacted_url(&self.url), error = %why, "Redis link lost: not ready; serving local subscribers, refusing publishes and new clients, reconnecting with backoff");
                 } else {
-                    tracing::warn!(url = %self.url, error = %why, "Redis unreachable: not ready; retrying with backoff");
+                    tracing::warn!(url = %crate::config::redacted_url(&self.url), error = %why, "Redis unreachable: not ready; retrying with backoff");
                 }
                 reported_down = true;
             }
@@ -637,7 +637,7 @@ impl Replication {
         self.catch_up(node, heads).await?;
         self.up.store(true, Ordering::Release);
         node.metrics.set_redis_connected(true);
-        tracing::info!(url = %self.url, cluster, node = %self.node_id, "Redis link up: ready");
+        tracing::info!(url = %crate::config::redacted_url(&self.url), cluster, node = %self.node_id, "Redis link up: ready");
 
         let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
         let result = loop {
