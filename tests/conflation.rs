@@ -10,32 +10,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SYMBOLS: [&str; 3] = ["A", "B", "C"];
-
-/// A market-data client on SYMBOLS whose socket receive buffer is tiny.
-async fn lagging_client(s: &TestServer) -> Client {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(s.addr).await.unwrap();
-    let req = format!("ws://{}/ws/market-data/?token={}", s.addr, token("phone"))
-        .into_client_request()
-        .unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    let mut c = Client { ws };
-    c.send(json!({"type": "subscribe", "symbols": SYMBOLS})).await;
-    c.recv_type("subscribed").await;
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_market_subscriber_gets_the_latest_of_each_symbol_and_stays() {
     const ROUNDS: usize = 100;
     let s = start_with(|o| o.outbound_queue_frames = Some(16)).await;
-    let mut phone = lagging_client(&s).await;
+    let mut phone = s.tiny_buffer_market("phone", &SYMBOLS).await;
     let padding = "x".repeat(32 * 1024);
     for round in 0..ROUNDS {
         let batch: Vec<Value> = SYMBOLS

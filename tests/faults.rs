@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The tests of this file run one at a time: each loads the machine
@@ -286,24 +285,6 @@ impl Drop for RssWatch {
     }
 }
 
-/// A market-data client on BIG that asked the kernel for a tiny receive
-/// buffer, and will not read.
-async fn never_reading_client(api: &Api) -> Client {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(api.addr).await.unwrap();
-    let req = format!("ws://{}/ws/market-data/?token={}", api.addr, token("never-reads"))
-        .into_client_request()
-        .unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-        .await
-        .expect("handshake");
-    let mut c = Client { ws };
-    c.send(json!({"type": "subscribe", "symbols": ["BIG"]})).await;
-    c.recv_type("subscribed").await;
-    c
-}
-
 /// 50 MiB of market data: 800 updates of 64 KiB, 10 to a publish.
 const UPDATES: usize = 800;
 const BATCH: usize = 10;
@@ -388,7 +369,7 @@ async fn slow_consumer_cuts(api: &Api) -> u64 {
 async fn a_never_reading_subscriber_is_cut_with_4002_and_memory_stays_bounded() {
     let _serial = SERIAL.lock().await;
     let node = memory_test_node(&["--market-data-overflow", "close"]);
-    let stalled = never_reading_client(&node).await;
+    let stalled = tiny_buffer_client_big(&node).await;
     let mut stalled = Some(stalled);
     let mut watcher = None;
     let padding = "x".repeat(PAD_BYTES);
@@ -425,7 +406,7 @@ async fn a_never_reading_conflated_subscriber_keeps_memory_bounded_and_is_droppe
     // so the queue alone never cuts this client; a socket write stalled
     // for 10 s does.
     let node = memory_test_node(&[]);
-    let mut stalled = never_reading_client(&node).await;
+    let mut stalled = tiny_buffer_client_big(&node).await;
     let padding = "x".repeat(PAD_BYTES);
     let watch = RssWatch::start(node.pid());
     let baseline = watch.peak();
@@ -459,4 +440,8 @@ async fn a_never_reading_conflated_subscriber_keeps_memory_bounded_and_is_droppe
     // frame, so none is required).
     let closed = stalled.closed().await;
     assert!(matches!(closed.code, None | Some(4002)), "{closed:?}");
+}
+
+async fn tiny_buffer_client_big(api: &Api) -> Client {
+    api.tiny_buffer_market("never-reads", &["BIG"]).await
 }

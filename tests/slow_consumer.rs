@@ -9,24 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// A market-data client on BIG whose socket receive buffer is tiny.
-async fn stalled_client(s: &TestServer) -> Client {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(s.addr).await.unwrap();
-    let req = format!("ws://{}/ws/market-data/?token={}", s.addr, token("stalled"))
-        .into_client_request()
-        .unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-        .await
-        .expect("handshake");
-    let mut c = Client { ws };
-    c.send(json!({"type": "subscribe", "symbols": ["BIG"]})).await;
-    c.recv_type("subscribed").await;
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_cut_and_the_others_get_everything() {
@@ -40,7 +22,7 @@ async fn a_stalled_subscriber_is_cut_and_the_others_get_everything() {
         o.market_data_overflow = Some("close".into());
     })
     .await;
-    let mut stalled = stalled_client(&s).await;
+    let mut stalled = s.tiny_buffer_market("stalled", &["BIG"]).await;
     let mut healthy = s.market("healthy", &["BIG"]).await;
     let padding = "x".repeat(64 * 1024);
     let mut received = Vec::with_capacity(COUNT);

@@ -143,6 +143,25 @@ impl Api {
         self.publish_raw(body.to_string(), API_KEY).await
     }
 
+    /// A market-data client on `symbols` whose socket asked the kernel for
+    /// a tiny receive buffer: as soon as it stops reading, the server's
+    /// writes to it stall.
+    pub async fn tiny_buffer_market(&self, user: &str, symbols: &[&str]) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(self.addr).await.unwrap();
+        let req = format!("ws://{}/ws/market-data/?token={}", self.addr, token(user))
+            .into_client_request()
+            .unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("handshake accepted");
+        let mut c = Client { ws };
+        c.send(json!({"type": "subscribe", "symbols": symbols})).await;
+        c.recv_type("subscribed").await;
+        c
+    }
+
     /// Publishes and insists every entry was accepted.
     pub async fn publish_ok(&self, body: Value) {
         let (status, answer) = self.publish(body).await;
