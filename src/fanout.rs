@@ -465,12 +465,11 @@ impl Worker {
                 }
             }
             UpdateKind::NewSignal | UpdateKind::SignalUpdate => {
-                let symbol = meta.symbol.as_deref();
-                let subs = self.registry.signal_subscribers().iter().filter_map(|m| {
-                    (m.filter.matches(symbol, meta.signal_type)
-                        && symbol.is_none_or(|s| m.member.sub.access.allows(s)))
-                    .then_some(&m.member)
-                });
+                let subs = self
+                    .registry
+                    .signal_subscribers()
+                    .iter()
+                    .filter_map(|m| m.filter.admits(&meta, &m.member.sub.access).then_some(&m.member));
                 deliver(subs, seq, &frame, received_at, &mut self.wakes, &self.metrics);
             }
             UpdateKind::NewNotification => {
@@ -546,8 +545,7 @@ impl Worker {
                     Some(since) => {
                         let access = sub.access.clone();
                         replay(&sub, &key, stream, since, fetched.as_ref(), None, |m| {
-                            filter.matches(m.symbol.as_deref(), m.signal_type)
-                                && m.symbol.as_deref().is_none_or(|s| access.allows(s))
+                            filter.admits(m, &access)
                         })
                     }
                     None => stream.sequencer.head(),
@@ -621,11 +619,11 @@ impl Worker {
             } => {
                 let stream = self.stream(&StreamKey::Signals);
                 stream.history.expire(Instant::now());
-                let frames = stream.history.entries().iter().filter(|e| {
-                    e.seq > since
-                        && filter.matches(e.meta.symbol.as_deref(), e.meta.signal_type)
-                        && e.meta.symbol.as_deref().is_none_or(|s| access.allows(s))
-                });
+                let frames = stream
+                    .history
+                    .entries()
+                    .iter()
+                    .filter(|e| e.seq > since && filter.admits(&e.meta, &access));
                 let _ = reply.send(encode::json_array(frames.map(|e| &e.frame)));
             }
             Control::QueryNotifications { user, since, reply } => {

@@ -503,10 +503,7 @@ async fn signals(State(node): State<Arc<Node>>, req: Request) -> Response {
     };
     if let Some(r) = &node.replication {
         if let Ok(fetched) = r.fetch_history(&StreamKey::Signals, since).await {
-            let frames = fetched.entries.iter().filter(|e| {
-                filter.matches(e.meta.symbol.as_deref(), e.meta.signal_type)
-                    && e.meta.symbol.as_deref().is_none_or(|s| access.allows(s))
-            });
+            let frames = fetched.entries.iter().filter(|e| filter.admits(&e.meta, &access));
             return frame_response(encode::json_array(frames.map(|e| &e.frame)));
         }
     }

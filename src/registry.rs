@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::auth::SymbolAccess;
+use crate::history::EntryMeta;
 use crate::outbox::Outbox;
 use crate::protocol::encode::Frame;
 use crate::protocol::{Seq, SignalType};
@@ -55,6 +56,13 @@ impl SignalFilter {
             Some(want) => signal_type == Some(want),
         };
         symbol_ok && type_ok
+    }
+
+    /// Whether a signal with this `meta` goes to a subscriber with this
+    /// filter and these symbol rights.
+    pub fn admits(&self, meta: &EntryMeta, access: &SymbolAccess) -> bool {
+        self.matches(meta.symbol.as_deref(), meta.signal_type)
+            && meta.symbol.as_deref().is_none_or(|s| access.allows(s))
     }
 }
 

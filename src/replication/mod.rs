@@ -91,6 +91,18 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// Runs a Redis request, failing it as [`ReplicationError::Timeout`] when
+/// it takes longer than `limit`.
+async fn within<T, E: Into<ReplicationError>>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ReplicationError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| ReplicationError::Timeout(limit))?
+        .map_err(Into::into)
+}
+
 impl Conn {
     /// Starts (`on`) or stops listening to a stream group's channel:
     /// sharded pub/sub in a Redis Cluster, plain pub/sub otherwise.
@@ -103,10 +115,7 @@ impl Conn {
                 (Conn::Cluster(c), false) => c.sunsubscribe(channel).await,
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| ReplicationError::Timeout(REQUEST_TIMEOUT))?
-            .map_err(Into::into)
+        within(REQUEST_TIMEOUT, fut).await
     }
 
     async fn run<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, ReplicationError> {
@@ -116,10 +125,7 @@ impl Conn {
                 Conn::Cluster(c) => cmd.query_async(c).await,
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| ReplicationError::Timeout(REQUEST_TIMEOUT))?
-            .map_err(Into::into)
+        within(REQUEST_TIMEOUT, fut).await
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -132,10 +138,7 @@ impl Conn {
                 Conn::Cluster(c) => inv.invoke_async(c).await,
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| ReplicationError::Timeout(REQUEST_TIMEOUT))?
-            .map_err(Into::into)
+        within(REQUEST_TIMEOUT, fut).await
     }
 }
 
@@ -338,9 +341,7 @@ impl Replication {
             let (head, range) = tokio::join!(conn.run::<Option<u64>>(&head), conn2.run::<RValue>(&range));
             Ok::<_, ReplicationError>((head?, range?))
         };
-        let (head, range) = tokio::time::timeout(FETCH_TIMEOUT, fetch)
-            .await
-            .map_err(|_| ReplicationError::Timeout(FETCH_TIMEOUT))??;
+        let (head, range) = within(FETCH_TIMEOUT, fetch).await?;
         Ok(Fetched {
             head: Seq(head.unwrap_or(0)),
             entries: parse_xrange(&range),
@@ -356,9 +357,7 @@ impl Replication {
             .arg(format!("{p}latest"))
             .arg(symbol)
             .to_owned();
-        let frame: Option<String> = tokio::time::timeout(FETCH_TIMEOUT, conn.run(&cmd))
-            .await
-            .map_err(|_| ReplicationError::Timeout(FETCH_TIMEOUT))??;
+        let frame: Option<String> = within(FETCH_TIMEOUT, conn.run(&cmd)).await?;
         let entries: Vec<FetchedEntry> = frame
             .and_then(|f| {
                 let seq = frame_seq(&f)?;
@@ -425,9 +424,7 @@ impl Replication {
             );
             Ok::<_, ReplicationError>((o?, f?, h?))
         };
-        let (order, frames, head) = tokio::time::timeout(FETCH_TIMEOUT, fetch)
-            .await
-            .map_err(|_| ReplicationError::Timeout(FETCH_TIMEOUT))??;
+        let (order, frames, head) = within(FETCH_TIMEOUT, fetch).await?;
         let mut frames: HashMap<String, String> = pairs(&frames).into_iter().collect();
         let mut entries = Vec::new();
         for (key, score) in pairs(&order) {
