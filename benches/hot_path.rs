@@ -157,7 +157,7 @@ fn fanout_deliver(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout_deliver");
     let update = one_update();
     let frame: Frame = encode::update(&update.body, Seq(1));
-    let symbol = update.symbol.clone().expect("a market update has a symbol");
+    let conflation_key = Some(1);
     for n in FANOUT_SIZES {
         let members: Vec<Member> = (0..n)
             .map(|_| Member {
@@ -179,7 +179,7 @@ fn fanout_deliver(c: &mut Criterion) {
                         let (pushed, wake) =
                             m.sub
                                 .outbox
-                                .push_deferred(frame.clone(), Some(received_at), Some(&symbol));
+                                .push_deferred(frame.clone(), Some(received_at), conflation_key);
                         debug_assert_eq!(pushed, Push::Queued);
                         if wake {
                             wakes.push(m.sub.outbox.clone());

@@ -485,7 +485,7 @@ impl Config {
             shards: nonzero("fanout.shards", shards)?,
             ring_capacity: nonzero(
                 "fanout.ring_capacity",
-                pick(&o.ring_capacity, raw.fanout.ring_capacity, 65_536),
+                pick(&o.ring_capacity, raw.fanout.ring_capacity, 8_192),
             )?,
             redis_url,
             ingest_channel: pick(&o.ingest_channel, raw.redis.ingest_channel, "rt:ingest".into()),

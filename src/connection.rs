@@ -39,6 +39,8 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Queue entries a writer keeps allocated between batches.
+const KEPT_BATCH_CAPACITY: usize = 64;
 
 /// The command rate limit of one connection.
 struct RateLimit {
@@ -388,7 +390,8 @@ pub async fn serve_subscriber(
         Endpoint::MarketData => node.config.market_data_overflow,
         _ => Overflow::Close,
     };
-    let outbox = Arc::new(Outbox::new(node.config.outbound_queue_frames.get(), overflow));
+    let capacity = node.config.outbound_queue_frames.get();
+    let outbox = Arc::new(Outbox::counted(capacity, overflow, node.metrics.backlog.clone()));
     let sub = Arc::new(Subscriber {
         id,
         outbox: outbox.clone(),
@@ -564,6 +567,7 @@ async fn write_loop(
             .await;
             match sent {
                 Ok(Ok(())) => {
+                    outbox.written();
                     metrics.wrote(frames, bytes);
                     if let Some(t) = oldest {
                         metrics.publish_to_write.record(t.elapsed());
@@ -578,6 +582,11 @@ async fn write_loop(
                 }
             }
             batch.clear();
+            // A burst grew the queue; keep what a usual batch needs, so that
+            // thousands of connections do not each hold their largest burst.
+            if batch.capacity() > KEPT_BATCH_CAPACITY * 4 {
+                batch.shrink_to(KEPT_BATCH_CAPACITY);
+            }
         }
         if let Some(reason) = close {
             let frame = CloseFrame {

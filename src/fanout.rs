@@ -10,12 +10,18 @@
 //! reference count) to every subscriber's outbox. It never awaits a socket:
 //! a full outbox is that subscriber's problem. Writers are woken once per
 //! batch, not once per frame, so that frames leave in few system calls.
+//!
+//! When the node's subscribers as a whole fall behind (the [`Backlog`] says
+//! saturated), workers stop taking updates from their rings until writers
+//! catch up; the rings fill and publishers wait. So a machine that cannot
+//! keep up slows its publishers rather than growing every queue to its
+//! limit and conflating or cutting subscribers that did nothing wrong.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,7 +34,7 @@ use tokio::sync::oneshot;
 use crate::auth::SymbolAccess;
 use crate::history::{EntryMeta, History};
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Push};
+use crate::outbox::{Backlog, ConflationKey, Outbox, Push};
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::update::Update;
 use crate::protocol::{ErrorCode, ProtocolError, Seq, SignalType, StreamKey, UpdateKind};
@@ -39,6 +45,9 @@ use crate::sequencer::Sequencer;
 /// Updates taken from the ring before writers are woken and publishers
 /// told there is room. Small enough to keep latency in microseconds.
 const BATCH: usize = 64;
+/// How long a worker waits before looking again whether a saturated node
+/// caught up.
+const SATURATED_PAUSE: Duration = Duration::from_micros(200);
 
 /// An update on its way to fanout.
 pub struct Inbound {
@@ -209,6 +218,7 @@ impl Fanout {
                 config: config.clone(),
                 wakes: Vec::new(),
                 timers: BinaryHeap::new(),
+                backlog: metrics.backlog.clone(),
             };
             let stop = stop.clone();
             let handle = std::thread::Builder::new()
@@ -264,7 +274,11 @@ struct StreamState {
     history: History,
     /// The newest market update, sent right after `subscribed`.
     latest: Option<Frame>,
+    conflation_key: ConflationKey,
 }
+
+/// Gives every stream of the node its own conflation key.
+static NEXT_CONFLATION_KEY: AtomicU32 = AtomicU32::new(1);
 
 /// A user's unread notifications, oldest first.
 #[derive(Default)]
@@ -324,8 +338,9 @@ struct Worker {
     /// Outboxes that got their first frame in this batch.
     wakes: Vec<Arc<Outbox>>,
     /// When throttled subscriptions (`max_frequency`) owe their pending
-    /// update: (when, subscriber, symbol), earliest first.
-    timers: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
+    /// update: (when, subscriber, symbol, its conflation key), earliest first.
+    timers: BinaryHeap<Reverse<(Instant, u64, Arc<str>, ConflationKey)>>,
+    backlog: Arc<Backlog>,
 }
 
 impl Worker {
@@ -334,6 +349,18 @@ impl Worker {
         loop {
             while let Some(c) = self.ring.pop_control() {
                 self.control(c);
+            }
+            // Acquire pairs with the Release in `Fanout::stop`: a stopping
+            // node drains its rings whatever its subscribers' backlog.
+            if self.backlog.saturated() && !stop.load(Ordering::Acquire) {
+                if in_batch > 0 {
+                    self.fire_timers();
+                    self.flush_wakes();
+                    in_batch = 0;
+                }
+                self.backlog.paused();
+                parker.park_timeout(SATURATED_PAUSE);
+                continue;
             }
             match self.ring.pop_update() {
                 Some(inbound) => {
@@ -377,11 +404,11 @@ impl Worker {
     /// returns when the next one is.
     fn fire_timers(&mut self) -> Option<Instant> {
         let now = Instant::now();
-        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+        while let Some(Reverse((at, ..))) = self.timers.peek() {
             if *at > now {
                 return Some(*at);
             }
-            let Some(Reverse((_, id, symbol))) = self.timers.pop() else {
+            let Some(Reverse((_, id, symbol, key))) = self.timers.pop() else {
                 break;
             };
             let Some(m) = self.registry.member_mut(&symbol, SubscriberId(id)) else {
@@ -390,14 +417,7 @@ impl Worker {
             let Some(t) = &mut m.throttle else { continue };
             if let Some((frame, received_at)) = t.pending.take() {
                 t.next_at = now + t.interval;
-                push_one(
-                    m,
-                    &frame,
-                    received_at,
-                    Some(&symbol),
-                    &mut self.wakes,
-                    &self.metrics,
-                );
+                push_one(m, &frame, received_at, Some(key), &mut self.wakes, &self.metrics);
             }
         }
         None
@@ -423,6 +443,7 @@ impl Worker {
         } = inbound;
         let now = Instant::now();
         let stream = self.stream(&key);
+        let conflation_key = stream.conflation_key;
         let (seq, frame) = match payload {
             Payload::Fresh(body) => {
                 let seq = stream.sequencer.next_seq();
@@ -446,7 +467,8 @@ impl Worker {
                         if let Some(t) = &mut m.throttle {
                             if now < t.next_at {
                                 if t.pending.is_none() {
-                                    self.timers.push(Reverse((t.next_at, m.sub.id.0, symbol.clone())));
+                                    let timer = (t.next_at, m.sub.id.0, symbol.clone(), conflation_key);
+                                    self.timers.push(Reverse(timer));
                                 }
                                 t.pending = Some((frame.clone(), received_at));
                                 continue;
@@ -457,7 +479,7 @@ impl Worker {
                             m,
                             &frame,
                             received_at,
-                            Some(symbol),
+                            Some(conflation_key),
                             &mut self.wakes,
                             &self.metrics,
                         );
@@ -504,10 +526,17 @@ impl Worker {
                 }
                 let key = StreamKey::Symbol(symbol.clone());
                 let stream = self.stream(&key);
+                let conflation_key = Some(stream.conflation_key);
                 let floor = match since {
-                    Some(since) => replay(&sub, &key, stream, since, fetched.as_ref(), Some(&symbol), |_| {
-                        true
-                    }),
+                    Some(since) => replay(
+                        &sub,
+                        &key,
+                        stream,
+                        since,
+                        fetched.as_ref(),
+                        conflation_key,
+                        |_| true,
+                    ),
                     None => {
                         let local = stream.latest.as_ref().map(|f| (stream.sequencer.head(), f));
                         let remote = fetched
@@ -519,7 +548,7 @@ impl Worker {
                         };
                         match newest {
                             Some((seq, frame)) => {
-                                sub.outbox.push_keyed(frame.clone(), None, Some(&symbol));
+                                sub.outbox.push_keyed(frame.clone(), None, conflation_key);
                                 seq
                             }
                             None => stream.sequencer.head(),
@@ -706,6 +735,7 @@ fn stream_state<'a>(
         sequencer: Sequencer::default(),
         history: History::new(config.history_messages, config.history_max_age),
         latest: None,
+        conflation_key: NEXT_CONFLATION_KEY.fetch_add(1, Ordering::Relaxed),
     })
 }
 
@@ -719,7 +749,7 @@ fn replay(
     stream: &mut StreamState,
     since: Seq,
     fetched: Option<&Fetched>,
-    conflation_key: Option<&Arc<str>>,
+    conflation_key: Option<ConflationKey>,
     wanted: impl Fn(&EntryMeta) -> bool,
 ) -> Seq {
     stream.history.expire(Instant::now());
@@ -794,7 +824,7 @@ fn push_one(
     m: &Member,
     frame: &Frame,
     received_at: Instant,
-    key: Option<&Arc<str>>,
+    key: Option<ConflationKey>,
     wakes: &mut Vec<Arc<Outbox>>,
     metrics: &Metrics,
 ) {

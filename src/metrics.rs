@@ -5,12 +5,13 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::outbox::Backlog;
 use crate::protocol::{Endpoint, UpdateKind};
 
 /// Latency in microseconds, 1 µs to 60 s, 3 significant digits.
@@ -59,6 +60,8 @@ pub struct Metrics {
     pub publish_to_write: LatencyHistogram,
     redis_configured: AtomicBool,
     redis_connected: AtomicBool,
+    /// How far behind subscribers are; fanout's back-pressure signal.
+    pub backlog: Arc<Backlog>,
 }
 
 // All counters are Relaxed: each is an independent tally read for display.
@@ -180,6 +183,8 @@ impl Metrics {
             "rejected_publishes": self.rejected_publishes.load(Ordering::Relaxed),
             "rate_limited_commands": self.rate_limited_commands.load(Ordering::Relaxed),
             "ring_depths": ring_depths,
+            "subscribers_behind": self.backlog.behind(),
+            "backpressure_pauses": self.backlog.pauses(),
             "latency_us": {
                 "publish_to_enqueue": percentiles(&self.publish_to_enqueue.snapshot()),
                 "publish_to_write": percentiles(&self.publish_to_write.snapshot()),
@@ -322,6 +327,18 @@ impl Metrics {
                 .enumerate()
                 .map(|(i, d)| (format!("{{shard=\"{i}\"}}"), *d as f64))
                 .collect::<Vec<_>>(),
+        );
+        family(
+            "tickwire_subscribers_behind",
+            "gauge",
+            "Subscribers with 32 or more frames queued; a quarter of all (and at least 16) pauses fanout.",
+            &[(String::new(), self.backlog.behind() as f64)],
+        );
+        family(
+            "tickwire_backpressure_pauses_total",
+            "counter",
+            "Times a fanout worker stopped taking updates because subscribers as a whole were behind.",
+            &[(String::new(), self.backlog.pauses() as f64)],
         );
         family(
             "tickwire_redis_connected",

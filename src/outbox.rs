@@ -6,9 +6,14 @@
 //! (market data) its queue is conflated to the latest update of each
 //! symbol, so a lagging client still shows current prices. The queue
 //! starts with no allocation, so an idle subscriber costs only this struct.
+//!
+//! A lagging minority is handled by each one's policy; a lagging majority
+//! means the server itself is behind. [`Backlog`] tells the two apart, and
+//! fanout stops taking updates while it says so (back-pressure), instead
+//! of filling every queue to its limit.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -85,14 +90,60 @@ pub enum Overflow {
     Conflate,
 }
 
+/// Names a stream for conflation: frames with the same key supersede each
+/// other. A plain number given once per stream by its fanout worker, so a
+/// delivery copies 4 bytes rather than touching a shared reference count.
+pub type ConflationKey = u32;
+
 /// One queued frame, with the instant its update entered the server (for
 /// the publish→write latency histogram), when it is an update.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub frame: Frame,
     pub received_at: Option<Instant>,
-    /// Frames with the same key supersede each other under conflation.
-    pub key: Option<Arc<str>>,
+    pub key: Option<ConflationKey>,
+}
+
+/// A subscriber is *behind* when this many frames wait in its queue.
+pub const BEHIND_FRAMES: usize = 32;
+/// The server is saturated when at least this many subscribers are behind
+/// and they are at least a quarter of all of them: fewer is a lagging
+/// minority, which conflation or the slow-consumer close deals with alone.
+pub const SATURATED_MIN_BEHIND: usize = 16;
+
+/// How far behind the node's subscribers are, counted by their outboxes:
+/// the signal for back-pressure from subscribers to publishers.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Subscriber outboxes in existence.
+    outboxes: AtomicUsize,
+    /// Of those, how many hold [`BEHIND_FRAMES`] or more.
+    behind: AtomicUsize,
+    /// Times a fanout worker paused because the node was saturated.
+    pauses: AtomicU64,
+}
+
+// Relaxed throughout: the counts steer a heuristic and are read for display;
+// no other memory is published through them.
+impl Backlog {
+    /// Whether so many subscribers are behind that fanout should stop
+    /// taking updates until they catch up.
+    pub fn saturated(&self) -> bool {
+        let behind = self.behind.load(Ordering::Relaxed);
+        behind >= SATURATED_MIN_BEHIND && behind * 4 >= self.outboxes.load(Ordering::Relaxed)
+    }
+
+    pub fn paused(&self) {
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn behind(&self) -> usize {
+        self.behind.load(Ordering::Relaxed)
+    }
+
+    pub fn pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -110,6 +161,10 @@ pub enum Push {
 struct State {
     frames: VecDeque<Outgoing>,
     close: Option<CloseReason>,
+    /// Frames the writer took and has not finished writing.
+    in_flight: usize,
+    /// Counted as behind in the [`Backlog`].
+    behind: bool,
 }
 
 pub struct Outbox {
@@ -121,6 +176,8 @@ pub struct Outbox {
     closing: AtomicBool,
     capacity: usize,
     overflow: Overflow,
+    /// Where a subscriber's outbox counts; `None` for a publisher's.
+    backlog: Option<Arc<Backlog>>,
 }
 
 impl State {
@@ -128,11 +185,11 @@ impl State {
     /// returns how many were dropped.
     fn conflate(&mut self) -> usize {
         let before = self.frames.len();
-        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        let mut seen: HashSet<ConflationKey> = HashSet::new();
         let mut kept = VecDeque::with_capacity(before);
         for o in self.frames.drain(..).rev() {
-            let newest = match &o.key {
-                Some(k) => seen.insert(k.clone()),
+            let newest = match o.key {
+                Some(k) => seen.insert(k),
                 None => true,
             };
             if newest {
@@ -145,13 +202,40 @@ impl State {
 }
 
 impl Outbox {
+    /// An outbox that no backlog counts (a publisher's, for its errors).
     pub fn new(capacity: usize, overflow: Overflow) -> Outbox {
+        Outbox::with_backlog(capacity, overflow, None)
+    }
+
+    /// A subscriber's outbox, counted in `backlog` for as long as it lives.
+    pub fn counted(capacity: usize, overflow: Overflow, backlog: Arc<Backlog>) -> Outbox {
+        backlog.outboxes.fetch_add(1, Ordering::Relaxed);
+        Outbox::with_backlog(capacity, overflow, Some(backlog))
+    }
+
+    fn with_backlog(capacity: usize, overflow: Overflow, backlog: Option<Arc<Backlog>>) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             closing: AtomicBool::new(false),
             capacity,
             overflow,
+            backlog,
+        }
+    }
+
+    /// Keeps the backlog's count of this outbox right after its queue
+    /// changed length.
+    fn recount(&self, state: &mut State) {
+        let Some(backlog) = &self.backlog else { return };
+        let behind = state.frames.len() + state.in_flight >= BEHIND_FRAMES;
+        if behind != state.behind {
+            state.behind = behind;
+            if behind {
+                backlog.behind.fetch_add(1, Ordering::Relaxed);
+            } else {
+                backlog.behind.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -162,7 +246,7 @@ impl Outbox {
     }
 
     /// [`Outbox::push`] with a conflation key.
-    pub fn push_keyed(&self, frame: Frame, received_at: Option<Instant>, key: Option<&Arc<str>>) -> Push {
+    pub fn push_keyed(&self, frame: Frame, received_at: Option<Instant>, key: Option<ConflationKey>) -> Push {
         let (result, wake) = self.push_deferred(frame, received_at, key);
         if wake {
             self.wake();
@@ -176,7 +260,7 @@ impl Outbox {
         &self,
         frame: Frame,
         received_at: Option<Instant>,
-        key: Option<&Arc<str>>,
+        key: Option<ConflationKey>,
     ) -> (Push, bool) {
         // Acquire pairs with the Release in `close`: a pusher that sees the
         // flag also sees the queue cleared.
@@ -195,6 +279,7 @@ impl Outbox {
             state.frames = VecDeque::new();
             state.close = Some(CloseReason::SlowConsumer);
             self.closing.store(true, Ordering::Release);
+            self.recount(&mut state);
             drop(state);
             self.wake();
             return (Push::Overflowed, false);
@@ -205,8 +290,12 @@ impl Outbox {
         state.frames.push_back(Outgoing {
             frame,
             received_at,
-            key: key.cloned(),
+            key,
         });
+        // Only a crossing of the threshold touches the shared count.
+        if state.behind != (state.frames.len() + state.in_flight >= BEHIND_FRAMES) {
+            self.recount(&mut state);
+        }
         if dropped > 0 {
             return (Push::Conflated(dropped), was_empty);
         }
@@ -226,6 +315,7 @@ impl Outbox {
         }
         if !reason.flushes_queue() {
             state.frames = VecDeque::new();
+            self.recount(&mut state);
         }
         state.close = Some(reason);
         self.closing.store(true, Ordering::Release);
@@ -247,11 +337,20 @@ impl Outbox {
                 let mut state = self.lock();
                 if !state.frames.is_empty() || state.close.is_some() {
                     std::mem::swap(&mut state.frames, batch);
+                    state.in_flight = batch.len();
                     return state.close.clone();
                 }
             }
             self.ready.notified().await;
         }
+    }
+
+    /// The writer finished writing the batch it took: its frames no longer
+    /// count as waiting.
+    pub fn written(&self) {
+        let mut state = self.lock();
+        state.in_flight = 0;
+        self.recount(&mut state);
     }
 
     /// Frames waiting now (for metrics and tests).
@@ -267,6 +366,18 @@ impl Outbox {
         // A panic while holding this lock leaves only a queue of handles
         // behind, which is still consistent: keep going.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if let Some(backlog) = &self.backlog {
+            backlog.outboxes.fetch_sub(1, Ordering::Relaxed);
+            let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+            if state.behind {
+                backlog.behind.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -305,12 +416,12 @@ mod tests {
     #[tokio::test]
     async fn a_full_conflating_queue_keeps_the_newest_of_each_symbol() {
         let o = Outbox::new(4, Overflow::Conflate);
-        let (a, b): (Arc<str>, Arc<str>) = ("A".into(), "B".into());
+        let (a, b) = (Some(1), Some(2));
         o.push(f("answer"), None);
-        o.push_keyed(f("a1"), None, Some(&a));
-        o.push_keyed(f("b1"), None, Some(&b));
-        o.push_keyed(f("a2"), None, Some(&a));
-        assert_eq!(o.push_keyed(f("b2"), None, Some(&b)), Push::Conflated(1));
+        o.push_keyed(f("a1"), None, a);
+        o.push_keyed(f("b1"), None, b);
+        o.push_keyed(f("a2"), None, a);
+        assert_eq!(o.push_keyed(f("b2"), None, b), Push::Conflated(1));
         let mut batch = VecDeque::new();
         assert_eq!(o.next_batch(&mut batch).await, None);
         let got: Vec<&str> = batch.iter().map(|g| g.frame.as_str()).collect();
@@ -334,5 +445,38 @@ mod tests {
         let mut batch = VecDeque::new();
         assert_eq!(o.next_batch(&mut batch).await, Some(CloseReason::GoingAway));
         assert_eq!(batch.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_backlog_counts_subscribers_behind_until_their_writer_takes_the_queue() {
+        let backlog = Arc::new(Backlog::default());
+        let outboxes: Vec<Outbox> = (0..4 * SATURATED_MIN_BEHIND)
+            .map(|_| Outbox::counted(1024, Overflow::Close, backlog.clone()))
+            .collect();
+        // A lagging minority is not saturation.
+        for o in &outboxes[..SATURATED_MIN_BEHIND - 1] {
+            for _ in 0..BEHIND_FRAMES {
+                o.push(f("x"), None);
+            }
+        }
+        assert_eq!(backlog.behind(), SATURATED_MIN_BEHIND - 1);
+        assert!(!backlog.saturated());
+        // A quarter of everyone, at least the minimum, is.
+        for _ in 0..BEHIND_FRAMES {
+            outboxes[SATURATED_MIN_BEHIND - 1].push(f("x"), None);
+        }
+        assert!(backlog.saturated());
+        let mut batch = VecDeque::new();
+        outboxes[0].next_batch(&mut batch).await;
+        assert!(backlog.saturated(), "frames being written still wait");
+        outboxes[0].written();
+        assert_eq!(backlog.behind(), SATURATED_MIN_BEHIND - 1);
+        assert!(!backlog.saturated());
+        // A slow consumer's cleared queue and a dropped outbox leave the count.
+        outboxes[1].close(CloseReason::SlowConsumer);
+        assert_eq!(backlog.behind(), SATURATED_MIN_BEHIND - 2);
+        drop(outboxes);
+        assert_eq!(backlog.behind(), 0);
+        assert_eq!(backlog.outboxes.load(Ordering::Relaxed), 0);
     }
 }

@@ -63,6 +63,62 @@ async fn a_lagging_market_subscriber_gets_the_latest_of_each_symbol_and_stays() 
     phone.recv_type("pong").await;
 }
 
+/// When most subscribers fall behind it is the server that is behind, not
+/// them: fanout pauses (the publishes wait in the ring) until they catch
+/// up, and nobody is conflated or cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_subscriber_lags_fanout_waits_and_nothing_is_conflated() {
+    const SUBSCRIBERS: usize = 20;
+    const UPDATES: usize = 400;
+    let s = start_with(|o| o.outbound_queue_frames = Some(128)).await;
+    let mut clients = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        clients.push(s.tiny_buffer_market(&format!("user{i}"), &["A"]).await);
+    }
+    // 400 updates of 16 KiB, 6.4 MiB per subscriber: the socket buffers
+    // take about 1 MiB before they stall, the rest is more than each
+    // 128-frame queue holds.
+    let padding = "x".repeat(16 * 1024);
+    for chunk in (0..UPDATES).collect::<Vec<_>>().chunks(50) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"type": "market_update", "symbol": "A", "price": *i as f64, "pad": padding}))
+            .collect();
+        s.publish_ok(Value::Array(batch)).await;
+    }
+    // Once the sockets are full, the subscribers stay behind and fanout
+    // stays paused.
+    let mut stats = s.stats().await;
+    for _ in 0..500 {
+        if stats["backpressure_pauses"].as_u64() > Some(0) && stats["subscribers_behind"].as_u64() >= Some(16)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        stats = s.stats().await;
+    }
+    assert!(
+        stats["backpressure_pauses"].as_u64() > Some(0),
+        "fanout never paused: {stats}"
+    );
+    assert!(stats["subscribers_behind"].as_u64() >= Some(16), "{stats}");
+    assert!(stats["ring_depths"][0].as_u64().unwrap() + stats["ring_depths"][1].as_u64().unwrap() > 0);
+
+    // Everyone reads now (at once: a writer stuck for 10 s would cut its
+    // client), and gets every update in order.
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { seqs(&mut c, "market_update", UPDATES).await }))
+        .collect();
+    for r in readers {
+        assert_consecutive(&r.await.unwrap(), 1);
+    }
+    let stats = s.stats().await;
+    assert_eq!(stats["conflated_frames"], 0, "{stats}");
+    assert_eq!(stats["slow_consumer_cuts"], 0, "{stats}");
+    assert_eq!(stats["subscribers_behind"], 0, "{stats}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_frequency_sends_at_most_that_many_and_always_the_latest() {
     let s = start().await;
