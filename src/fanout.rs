@@ -277,6 +277,10 @@ struct StreamState {
     conflation_key: ConflationKey,
 }
 
+/// When a throttled subscription owes its pending update: (when,
+/// subscriber, symbol, the symbol's conflation key).
+type ThrottleTimer = (Instant, u64, Arc<str>, ConflationKey);
+
 /// Gives every stream of the node its own conflation key.
 static NEXT_CONFLATION_KEY: AtomicU32 = AtomicU32::new(1);
 
@@ -338,8 +342,8 @@ struct Worker {
     /// Outboxes that got their first frame in this batch.
     wakes: Vec<Arc<Outbox>>,
     /// When throttled subscriptions (`max_frequency`) owe their pending
-    /// update: (when, subscriber, symbol, its conflation key), earliest first.
-    timers: BinaryHeap<Reverse<(Instant, u64, Arc<str>, ConflationKey)>>,
+    /// update, earliest first.
+    timers: BinaryHeap<Reverse<ThrottleTimer>>,
     backlog: Arc<Backlog>,
 }
 
