@@ -1,46 +1,48 @@
-//! One WebSocket connection, after its handshake: a reader task that
+//! One WebSocket connection, after its handshake, run by one task: it
 //! decodes commands and acts on them (subscriber endpoints) or publishes
-//! what it reads (`/ws/ingest`), and a writer task that drains the
-//! connection's outbox, writing many frames per system call. The reader
-//! owns the session's state (its subscriptions, its rate-limit bucket);
-//! subscription changes go to the fanout shard that owns each stream.
+//! what it reads (`/ws/ingest`), and drains the connection's outbox into
+//! the socket, many frames per system call. The task owns the session's
+//! state (its subscriptions, its rate-limit bucket); subscription changes
+//! go to the fanout shard that owns each stream. It has no timers of its
+//! own: the node's sweeper pings it and closes it on idleness, token
+//! expiry or a stalled socket.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::Identity;
 use crate::fanout::Control;
 use crate::limit::TokenBucket;
-use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, Outbox, Outgoing, Overflow};
 use crate::protocol::command::{self, Command};
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::{Endpoint, ErrorCode, ProtocolError, StreamKey};
 use crate::registry::{SignalFilter, Subscriber, SubscriberId};
 use crate::server::Node;
+use crate::sweep::WRITE_TIMEOUT;
+use crate::wire::{self, Wire};
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// How long a writer may be stuck on one socket write before the client
-/// is dropped as a slow consumer (it reads nothing, or too little).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Queue entries a writer keeps allocated between batches.
 const KEPT_BATCH_CAPACITY: usize = 64;
+/// A batch this small is a quiet connection's: its queue is freed.
+const IDLE_BATCH_CAPACITY: usize = 8;
 
 /// The command rate limit of one connection.
 struct RateLimit {
@@ -371,21 +373,211 @@ impl std::fmt::Display for End {
         match self {
             End::ClientClosed => f.write_str("client closed"),
             End::Server(r) => write!(f, "{} ({})", r.text(), r.code()),
-            End::WriterGone => f.write_str("socket write failed or timed out"),
+            End::WriterGone => f.write_str("socket write failed or stalled"),
             End::Error(e) => write!(f, "read error: {e}"),
         }
     }
 }
 
+/// A socket whose handshake succeeded, ready to speak WebSocket.
+pub struct Accepted {
+    pub tcp: Arc<TcpStream>,
+    /// Bytes read past the handshake.
+    pub prefix: Bytes,
+    pub config: WebSocketConfig,
+    pub peer: SocketAddr,
+}
+
+/// Both halves of a connection's socket: tungstenite reads, the
+/// connection writes from its outbox (see [`crate::wire`]).
+struct Link {
+    tcp: Arc<TcpStream>,
+    ws: WebSocketStream<Wire>,
+    /// Frames taken from the outbox and not yet written, and how much of
+    /// the first one was.
+    batch: VecDeque<Outgoing>,
+    offset: usize,
+}
+
+impl Link {
+    async fn new(accepted: Accepted, outbox: Arc<Outbox>) -> Link {
+        let wire = Wire::new(accepted.tcp.clone(), accepted.prefix, outbox);
+        let ws = WebSocketStream::from_raw_socket(wire, Role::Server, Some(accepted.config)).await;
+        Link {
+            tcp: accepted.tcp,
+            ws,
+            batch: VecDeque::new(),
+            offset: 0,
+        }
+    }
+
+    /// Writes what the socket takes now, without waiting.
+    fn write_some(&mut self, outbox: &Outbox, node: &Node) -> std::io::Result<()> {
+        let oldest = self.batch.iter().find_map(|o| o.received_at);
+        let wrote = wire::write_batch(&self.tcp, &mut self.batch, &mut self.offset)?;
+        if wrote.messages > 0 {
+            node.metrics.wrote(wrote.messages, wrote.bytes);
+        }
+        node.sweeper.stalled(&outbox.watch, !wrote.done);
+        if wrote.done {
+            outbox.written();
+            if let Some(t) = oldest {
+                node.metrics.publish_to_write.record(t.elapsed());
+            }
+            // A burst grew the queue; keep what a usual batch needs, so that
+            // thousands of connections do not each hold their largest burst,
+            // and nothing for a connection that gets a frame now and then.
+            if self.batch.capacity() <= IDLE_BATCH_CAPACITY {
+                self.batch = VecDeque::new();
+            } else if self.batch.capacity() > KEPT_BATCH_CAPACITY * 4 {
+                self.batch.shrink_to(KEPT_BATCH_CAPACITY);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the whole batch, waiting for the socket as needed.
+    async fn flush(&mut self, outbox: &Outbox, node: &Node) -> std::io::Result<()> {
+        loop {
+            self.write_some(outbox, node)?;
+            if self.batch.is_empty() {
+                return Ok(());
+            }
+            self.tcp.writable().await?;
+        }
+    }
+}
+
+/// What a connection does with the text messages it reads.
+trait Reader {
+    /// Acts on one; a close reason cuts the client off.
+    async fn on_text(&mut self, text: &str) -> Option<CloseReason>;
+}
+
+impl Reader for Session {
+    async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
+        Session::on_text(self, text).await
+    }
+}
+
+/// How [`serve`]'s main loop ended.
+enum Exit {
+    /// A close was decided; queued frames and the close frame are owed.
+    Closing(CloseReason),
+    /// The client closed or the read side failed; queued frames are owed.
+    ClientGone(End),
+    /// The socket failed or stalled past the write timeout: just drop it.
+    Dropped,
+}
+
+/// Runs one connection to its end in a single task: reads and acts on the
+/// client's messages, writes the outbox whenever it has frames and the
+/// socket takes them, and closes as PROTOCOL.md says. Timeouts and pings
+/// come from the node's sweeper, through the outbox.
+async fn serve(link: &mut Link, outbox: &Outbox, node: &Node, reader: &mut impl Reader) -> End {
+    let exit = serve_open(link, outbox, node, reader).await;
+    // Boxed: the closing steps' timers would otherwise sit in every open
+    // connection's task for its whole life.
+    Box::pin(close(link, outbox, node, exit)).await
+}
+
+/// Sends what is owed once the connection is ending.
+async fn close(link: &mut Link, outbox: &Outbox, node: &Node, exit: Exit) -> End {
+    match exit {
+        Exit::Dropped => End::WriterGone,
+        Exit::ClientGone(end) => {
+            // Refuse new frames; send what is queued (tungstenite's reply to
+            // the client's close among them) if the socket still takes it.
+            outbox.close(CloseReason::GoingAway);
+            outbox.take(&mut link.batch);
+            let _ = tokio::time::timeout(CLOSE_GRACE, link.flush(outbox, node)).await;
+            end
+        }
+        Exit::Closing(reason) => {
+            outbox.take(&mut link.batch);
+            link.batch.push_back(Outgoing {
+                bytes: wire::close_frame(&reason),
+                raw: true,
+                received_at: None,
+                key: None,
+            });
+            if let Ok(Ok(())) = tokio::time::timeout(WRITE_TIMEOUT, link.flush(outbox, node)).await {
+                // Wait briefly for the client's close answer.
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(_)) = link.ws.next().await {}
+                })
+                .await;
+            }
+            End::Server(reason)
+        }
+    }
+}
+
+async fn serve_open(link: &mut Link, outbox: &Outbox, node: &Node, reader: &mut impl Reader) -> Exit {
+    let mut shutting = false;
+    loop {
+        if outbox.watch.abandoned() {
+            return Exit::Dropped;
+        }
+        // While a batch is stuck on a full socket, new frames stay queued in
+        // the outbox (which then owes no wake per frame).
+        if link.batch.is_empty() {
+            if let Some(reason) = outbox.take(&mut link.batch) {
+                return Exit::Closing(reason);
+            }
+        }
+        if !link.batch.is_empty() {
+            if link.write_some(outbox, node).is_err() {
+                return Exit::Dropped;
+            }
+            if link.batch.is_empty() {
+                continue;
+            }
+        }
+        let stalled = !link.batch.is_empty();
+        tokio::select! {
+            biased;
+            _ = node.shutdown.wait(), if !shutting => {
+                shutting = true;
+                outbox.close(CloseReason::GoingAway);
+            }
+            _ = link.tcp.writable(), if stalled => {}
+            _ = outbox.notified() => {}
+            msg = link.ws.next() => {
+                node.sweeper.heard(&outbox.watch);
+                match msg {
+                    None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                        return Exit::ClientGone(End::ClientClosed)
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        // Boxed: acting on a command is a large future that an
+                        // idle connection's task need not carry.
+                        if let Some(reason) = Box::pin(reader.on_text(&text)).await {
+                            outbox.close(reason);
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        outbox.close(CloseReason::Binary);
+                    }
+                    // Pongs, and pings and closes that tungstenite answers by
+                    // itself on the next read (see `Wire`).
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => match close_reason_for(&e) {
+                        Some(reason) => {
+                            outbox.close(reason);
+                        }
+                        None => return Exit::ClientGone(End::Error(e.to_string())),
+                    },
+                }
+            }
+        }
+    }
+}
+
 /// Runs a subscriber connection to its end.
-pub async fn serve_subscriber(
-    ws: Socket,
-    node: Arc<Node>,
-    endpoint: Endpoint,
-    identity: Identity,
-    peer: SocketAddr,
-) {
+pub async fn serve_subscriber(accepted: Accepted, node: Arc<Node>, endpoint: Endpoint, identity: Identity) {
     let id = SubscriberId::next();
+    let peer = accepted.peer;
     let overflow = match endpoint {
         Endpoint::MarketData => node.config.market_data_overflow,
         _ => Overflow::Close,
@@ -400,14 +592,11 @@ pub async fn serve_subscriber(
     let opened = Instant::now();
     tracing::info!(conn = id.0, endpoint = endpoint.name(), user = %identity.user, %peer, "connection opened");
     node.metrics.connection_opened(endpoint);
+    node.sweeper.watch(id.0, outbox.clone(), identity.expires_at);
 
-    let (sink, mut stream) = ws.split();
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        outbox.clone(),
-        node.metrics.clone(),
-        node.config.ping_interval,
-    ));
+    // Boxed, like the other one-off steps: the task keeps only what it
+    // needs while the connection is open.
+    let mut link = Box::pin(Link::new(accepted, outbox.clone())).await;
     let limit = RateLimit::new(node.config.commands_per_second, node.config.command_burst);
     let mut session = Session {
         node: node.clone(),
@@ -418,17 +607,9 @@ pub async fn serve_subscriber(
         limit,
     };
     Box::pin(session.attach()).await;
-
-    let expiry = session.identity.expires_at.map(|at| {
-        let left = at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        tokio::time::Instant::now() + left
-    });
-    let end = read_loop(&mut session, &mut stream, &mut writer, expiry).await;
+    let end = serve(&mut link, &outbox, &node, &mut session).await;
     session.detach();
-    finish(&outbox, &mut stream, writer, &end).await;
-
+    node.sweeper.forget(id.0);
     node.metrics.connection_closed(endpoint);
     tracing::info!(
         conn = id.0,
@@ -438,60 +619,6 @@ pub async fn serve_subscriber(
         secs = opened.elapsed().as_secs_f64(),
         "connection closed"
     );
-}
-
-async fn read_loop(
-    session: &mut Session,
-    stream: &mut SplitStream<Socket>,
-    writer: &mut tokio::task::JoinHandle<()>,
-    expiry: Option<tokio::time::Instant>,
-) -> End {
-    let node = session.node.clone();
-    let idle_timeout = node.config.idle_timeout;
-    let mut last_heard = Instant::now();
-    let mut idle_check = tokio::time::interval(idle_timeout / 4);
-    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let expired = async {
-        match expiry {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expired);
-    loop {
-        let reason = tokio::select! {
-            biased;
-            _ = node.shutdown.wait() => CloseReason::GoingAway,
-            _ = &mut expired => CloseReason::TokenExpired,
-            _ = &mut *writer => return End::WriterGone,
-            _ = idle_check.tick() => {
-                if last_heard.elapsed() < idle_timeout {
-                    continue;
-                }
-                CloseReason::IdleTimeout
-            }
-            msg = stream.next() => {
-                last_heard = Instant::now();
-                match msg {
-                    None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return End::ClientClosed,
-                    Some(Ok(Message::Text(text))) => match session.on_text(&text).await {
-                        Some(reason) => reason,
-                        None => continue,
-                    },
-                    Some(Ok(Message::Binary(_))) => CloseReason::Binary,
-                    // Keep reading: the next read sends tungstenite's close reply and ends.
-                    Some(Ok(Message::Close(_))) => continue,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => match close_reason_for(&e) {
-                        Some(reason) => reason,
-                        None => return End::Error(e.to_string()),
-                    },
-                }
-            }
-        };
-        session.sub.outbox.close(reason.clone());
-        return End::Server(reason);
-    }
 }
 
 /// The close code owed for a read error, if the connection can still be told.
@@ -504,147 +631,41 @@ fn close_reason_for(e: &WsError) -> Option<CloseReason> {
     }
 }
 
-/// Lets the writer send what it owes and the close frame, then waits
-/// briefly for the client's close answer.
-async fn finish(
-    outbox: &Outbox,
-    stream: &mut SplitStream<Socket>,
-    mut writer: tokio::task::JoinHandle<()>,
-    end: &End,
-) {
-    match end {
-        End::Server(_) => {
-            if tokio::time::timeout(WRITE_TIMEOUT, &mut writer).await.is_err() {
-                writer.abort();
-                return;
-            }
-            let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                while let Some(Ok(_)) = stream.next().await {}
-            })
-            .await;
-        }
-        End::WriterGone => {}
-        End::ClientClosed | End::Error(_) => {
-            outbox.close(CloseReason::GoingAway);
-            let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
-            writer.abort();
-        }
-    }
-}
-
-/// Drains the outbox into the socket: every queued frame is fed into the
-/// WebSocket's write buffer and the batch goes out with one flush.
-async fn write_loop(
-    mut sink: SplitSink<Socket, Message>,
+/// A publisher's `/ws/ingest` connection: each text frame is a message or
+/// an array of them; only errors are answered.
+struct Publisher {
+    node: Arc<Node>,
     outbox: Arc<Outbox>,
-    metrics: Arc<Metrics>,
-    ping_every: Duration,
-) {
-    let mut batch: VecDeque<Outgoing> = VecDeque::new();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let close = tokio::select! {
-            close = outbox.next_batch(&mut batch) => close,
-            _ = ping.tick() => {
-                match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await {
-                    Ok(Ok(())) => continue,
-                    _ => return,
-                }
-            }
-        };
-        if !batch.is_empty() {
-            let frames = batch.len() as u64;
-            let oldest = batch.iter().find_map(|o| o.received_at);
-            let mut bytes = 0u64;
-            let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
-                for o in batch.drain(..) {
-                    bytes += o.frame.len() as u64;
-                    sink.feed(Message::Text(o.frame)).await?;
-                }
-                sink.flush().await
-            })
-            .await;
-            match sent {
-                Ok(Ok(())) => {
-                    outbox.written();
-                    metrics.wrote(frames, bytes);
-                    if let Some(t) = oldest {
-                        metrics.publish_to_write.record(t.elapsed());
-                    }
-                }
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    if outbox.close(CloseReason::SlowConsumer) {
-                        metrics.slow_consumer_cut();
-                    }
-                    return;
-                }
-            }
-            batch.clear();
-            // A burst grew the queue; keep what a usual batch needs, so that
-            // thousands of connections do not each hold their largest burst.
-            if batch.capacity() > KEPT_BATCH_CAPACITY * 4 {
-                batch.shrink_to(KEPT_BATCH_CAPACITY);
-            }
-        }
-        if let Some(reason) = close {
-            let frame = CloseFrame {
-                code: CloseCode::from(reason.code()),
-                reason: reason.text().into(),
-            };
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-            return;
-        }
+    key: Option<usize>,
+}
+
+impl Reader for Publisher {
+    async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
+        // Boxed: publishing is a deep future that this connection's task
+        // should not carry inline while it waits for the next message.
+        Box::pin(publish_frame(&self.node, &self.outbox, self.key, text.as_bytes())).await;
+        None
     }
 }
 
-/// Runs a publisher's `/ws/ingest` connection: each text frame is a
-/// message or an array of them; only errors are answered.
-pub async fn serve_ingest(ws: Socket, node: Arc<Node>, publisher: Option<usize>, peer: SocketAddr) {
+/// Runs a publisher's `/ws/ingest` connection to its end.
+pub async fn serve_ingest(accepted: Accepted, node: Arc<Node>, publisher: Option<usize>) {
     let id = SubscriberId::next();
-    tracing::info!(conn = id.0, endpoint = "ingest", %peer, "connection opened");
+    tracing::info!(conn = id.0, endpoint = "ingest", peer = %accepted.peer, "connection opened");
     node.metrics.connection_opened(Endpoint::Ingest);
     let outbox = Arc::new(Outbox::new(
         node.config.outbound_queue_frames.get(),
         Overflow::Close,
     ));
-    let (sink, mut stream) = ws.split();
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        outbox.clone(),
-        node.metrics.clone(),
-        node.config.ping_interval,
-    ));
-    let end = loop {
-        let msg = tokio::select! {
-            biased;
-            _ = node.shutdown.wait() => {
-                outbox.close(CloseReason::GoingAway);
-                break End::Server(CloseReason::GoingAway);
-            }
-            _ = &mut writer => break End::WriterGone,
-            msg = stream.next() => msg,
-        };
-        let reason = match msg {
-            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break End::ClientClosed,
-            // Keep reading: the next read sends tungstenite's close reply and ends.
-            Some(Ok(Message::Close(_))) => continue,
-            Some(Ok(Message::Text(text))) => {
-                publish_frame(&node, &outbox, publisher, text.as_bytes()).await;
-                continue;
-            }
-            Some(Ok(Message::Binary(_))) => CloseReason::Binary,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => match close_reason_for(&e) {
-                Some(r) => r,
-                None => break End::Error(e.to_string()),
-            },
-        };
-        outbox.close(reason.clone());
-        break End::Server(reason);
+    node.sweeper.watch(id.0, outbox.clone(), None);
+    let mut link = Link::new(accepted, outbox.clone()).await;
+    let mut reader = Publisher {
+        node: node.clone(),
+        outbox: outbox.clone(),
+        key: publisher,
     };
-    finish(&outbox, &mut stream, writer, &end).await;
+    let end = serve(&mut link, &outbox, &node, &mut reader).await;
+    node.sweeper.forget(id.0);
     node.metrics.connection_closed(Endpoint::Ingest);
     tracing::info!(conn = id.0, endpoint = "ingest", reason = %end, "connection closed");
 }

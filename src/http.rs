@@ -18,12 +18,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::TokioIo;
 use rust_embed::RustEmbed;
 use serde_json::json;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{self, AuthError, Identity, SymbolAccess, TokenSource};
-use crate::connection;
+use crate::connection::{self, Accepted};
 use crate::fanout::Control;
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::{Endpoint, ErrorCode, Seq, SignalType, StreamKey};
@@ -41,8 +41,8 @@ struct Assets;
 /// Bytes a subscriber connection reads from its socket at a time (a larger
 /// message is still read whole): commands are small, and this buffer is
 /// held by every idle connection (`loadgen idle`: 4 KiB of it was a third
-/// of an idle connection's memory).
-const READ_BUFFER_BYTES: usize = 512;
+/// of an idle connection's memory). A `subscribe` to a few symbols fits.
+const READ_BUFFER_BYTES: usize = 256;
 /// Publishers send large batches on `/ws/ingest`: read them in big chunks.
 const INGEST_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Frames are written once this much is buffered, or at the end of a batch.
@@ -219,7 +219,7 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
     } else {
         READ_BUFFER_BYTES
     };
-    let ws_config = ws_config(max_message, read_buffer);
+    let config = ws_config(max_message, read_buffer);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -228,9 +228,18 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
                 return;
             }
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-        run_connection(ws, node, endpoint, identity, peer, permit).await;
+        // The server serves plain TCP streams (TLS ends at the proxy).
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::warn!(%peer, "upgraded connection is not a TCP stream");
+            return;
+        };
+        let accepted = Accepted {
+            tcp: Arc::new(parts.io.into_inner()),
+            prefix: parts.read_buf,
+            config,
+            peer,
+        };
+        run_connection(accepted, node, endpoint, identity, permit).await;
     });
     switching_protocols(&key)
 }
@@ -320,8 +329,13 @@ async fn upgrade_echo(State(node): State<Arc<Node>>, mut req: Request) -> Respon
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            role,
+            Some(ws_config),
+        )
+        .await;
         crate::echo::serve(ws, node).await;
         drop(permit);
     });
@@ -329,20 +343,19 @@ async fn upgrade_echo(State(node): State<Arc<Node>>, mut req: Request) -> Respon
 }
 
 async fn run_connection(
-    ws: connection::Socket,
+    accepted: Accepted,
     node: Arc<Node>,
     endpoint: Endpoint,
     identity: Identity,
-    peer: SocketAddr,
     _permit: ConnectionPermit,
 ) {
     if endpoint == Endpoint::Ingest {
         let publisher = identity.publisher_key();
-        // Boxed: publishing is a deep future that the many subscriber
-        // connections, sharing this function, should not carry inline.
-        Box::pin(connection::serve_ingest(ws, node, publisher, peer)).await;
+        // Boxed: the subscriber connections sharing this function should
+        // not carry the publisher's future inline.
+        Box::pin(connection::serve_ingest(accepted, node, publisher)).await;
     } else {
-        connection::serve_subscriber(ws, node, endpoint, identity, peer).await;
+        connection::serve_subscriber(accepted, node, endpoint, identity).await;
     }
 }
 

@@ -22,3 +22,5 @@ pub mod ring;
 pub mod sequencer;
 pub mod server;
 pub mod shutdown;
+pub mod sweep;
+pub mod wire;

@@ -18,9 +18,12 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use bytes::Bytes;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::protocol::encode::Frame;
+use crate::sweep::Watch;
 
 /// Why a connection is being closed by the server, and so its close code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,13 +98,25 @@ pub enum Overflow {
 /// delivery copies 4 bytes rather than touching a shared reference count.
 pub type ConflationKey = u32;
 
-/// One queued frame, with the instant its update entered the server (for
-/// the publish→write latency histogram), when it is an update.
+/// One queued message, with the instant its update entered the server
+/// (for the publish→write latency histogram), when it is an update.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    pub frame: Frame,
+    /// A text message's payload, or (when `raw`) bytes already framed.
+    pub bytes: Bytes,
+    /// A control frame (ping, pong, close) framed whole, not a text message.
+    pub raw: bool,
     pub received_at: Option<Instant>,
     pub key: Option<ConflationKey>,
+}
+
+impl Outgoing {
+    /// The text of a text message (for tests).
+    pub fn text(&self) -> Option<&str> {
+        (!self.raw)
+            .then(|| std::str::from_utf8(&self.bytes).ok())
+            .flatten()
+    }
 }
 
 /// A subscriber is *behind* when this many frames wait in its queue.
@@ -178,6 +193,8 @@ pub struct Outbox {
     overflow: Overflow,
     /// Where a subscriber's outbox counts; `None` for a publisher's.
     backlog: Option<Arc<Backlog>>,
+    /// The connection's clocks, kept by the node's sweeper.
+    pub watch: Watch,
 }
 
 impl State {
@@ -221,6 +238,7 @@ impl Outbox {
             capacity,
             overflow,
             backlog,
+            watch: Watch::default(),
         }
     }
 
@@ -288,7 +306,8 @@ impl Outbox {
         // that finds the queue empty owes it a wake.
         let was_empty = state.frames.is_empty();
         state.frames.push_back(Outgoing {
-            frame,
+            bytes: frame.into(),
+            raw: false,
             received_at,
             key,
         });
@@ -302,8 +321,35 @@ impl Outbox {
         (Push::Queued, was_empty)
     }
 
+    /// Queues bytes already framed (a control frame) and wakes the writer.
+    /// Dropped once a close is decided: the close frame ends the stream.
+    pub fn push_raw(&self, bytes: Bytes) {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return;
+        }
+        let was_empty = state.frames.is_empty();
+        state.frames.push_back(Outgoing {
+            bytes,
+            raw: true,
+            received_at: None,
+            key: None,
+        });
+        drop(state);
+        if was_empty {
+            self.wake();
+        }
+    }
+
     pub fn wake(&self) {
         self.ready.notify_one();
+    }
+
+    /// Resolves after the next wake, or at once for a wake that came while
+    /// nobody waited: await it after a [`Outbox::take`] that found nothing,
+    /// and no frame pushed in between is missed.
+    pub fn notified(&self) -> Notified<'_> {
+        self.ready.notified()
     }
 
     /// Decides to close the connection. The first reason wins; returns
@@ -328,20 +374,30 @@ impl Outbox {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Waits until there are frames or a close, then moves every queued
-    /// frame into `batch` (which the caller reuses) and returns the close
-    /// reason if one was decided.
+    /// Moves every queued frame to the end of `batch` (the writer's, which
+    /// it reuses), and returns the close reason if one was decided.
+    pub fn take(&self, batch: &mut VecDeque<Outgoing>) -> Option<CloseReason> {
+        let mut state = self.lock();
+        if !state.frames.is_empty() {
+            if batch.is_empty() {
+                std::mem::swap(&mut state.frames, batch);
+            } else {
+                batch.append(&mut state.frames);
+            }
+            state.in_flight = batch.len();
+        }
+        state.close.clone()
+    }
+
+    /// Waits until there are frames or a close, then [`Outbox::take`]s.
     pub async fn next_batch(&self, batch: &mut VecDeque<Outgoing>) -> Option<CloseReason> {
         loop {
-            {
-                let mut state = self.lock();
-                if !state.frames.is_empty() || state.close.is_some() {
-                    std::mem::swap(&mut state.frames, batch);
-                    state.in_flight = batch.len();
-                    return state.close.clone();
-                }
+            let notified = self.notified();
+            let close = self.take(batch);
+            if !batch.is_empty() || close.is_some() {
+                return close;
             }
-            self.ready.notified().await;
+            notified.await;
         }
     }
 
@@ -396,7 +452,7 @@ mod tests {
         assert_eq!(o.push(f("2"), None), Push::Queued);
         let mut batch = VecDeque::new();
         assert_eq!(o.next_batch(&mut batch).await, None);
-        let got: Vec<&str> = batch.iter().map(|g| g.frame.as_str()).collect();
+        let got: Vec<&str> = batch.iter().filter_map(|g| g.text()).collect();
         assert_eq!(got, ["1", "2"]);
     }
 
@@ -424,7 +480,7 @@ mod tests {
         assert_eq!(o.push_keyed(f("b2"), None, b), Push::Conflated(1));
         let mut batch = VecDeque::new();
         assert_eq!(o.next_batch(&mut batch).await, None);
-        let got: Vec<&str> = batch.iter().map(|g| g.frame.as_str()).collect();
+        let got: Vec<&str> = batch.iter().filter_map(|g| g.text()).collect();
         assert_eq!(got, ["answer", "b1", "a2", "b2"]);
     }
 

@@ -23,6 +23,7 @@ use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::replication::Replication;
 use crate::shutdown::Shutdown;
+use crate::sweep::Sweeper;
 
 /// Everything a connection or a request handler needs of its node.
 pub struct Node {
@@ -32,7 +33,9 @@ pub struct Node {
     /// Cluster mode's link to Redis; `None` in embedded mode.
     pub replication: Option<Arc<Replication>>,
     pub metrics: Arc<Metrics>,
-    pub shutdown: Shutdown,
+    pub shutdown: Arc<Shutdown>,
+    /// Every connection's pings and timeouts.
+    pub sweeper: Arc<Sweeper>,
     /// Open WebSocket connections, for `max_connections`.
     open: AtomicUsize,
     /// Open WebSocket connections per client IP; a dashmap because every
@@ -81,13 +84,15 @@ impl Node {
             ))
         });
         let ingress = Ingress::new(fanout.clone(), replication.clone(), metrics.clone(), &config);
+        let sweeper = Arc::new(Sweeper::new(config.idle_timeout, config.ping_interval));
         Arc::new(Node {
             config,
             fanout,
             ingress,
             replication,
             metrics,
-            shutdown: Shutdown::default(),
+            shutdown: Arc::new(Shutdown::default()),
+            sweeper,
             open: AtomicUsize::new(0),
             per_ip: DashMap::new(),
         })
@@ -158,6 +163,11 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     if let Some(replication) = &node.replication {
         tokio::spawn(replication.clone().run(node.clone()));
     }
+    tokio::spawn(
+        node.sweeper
+            .clone()
+            .run(node.metrics.clone(), node.shutdown.clone()),
+    );
     let task = tokio::spawn(serve(listener, node.clone()));
     Ok(Running { addr, node, task })
 }

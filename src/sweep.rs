@@ -1,0 +1,246 @@
+//! The clocks of every open connection, kept by one task instead of a
+//! timer per connection: every [`Sweeper::period`] it pings connections
+//! due a ping, and closes those silent past the idle timeout, those whose
+//! token expired, and those whose writes have been stalled past the write
+//! timeout. An idle connection so costs a few atomics, not two timer
+//! entries and the wake-ups that keep them.
+//!
+//! Times are milliseconds since the sweeper started. Connections stamp
+//! `heard` with the sweeper's own coarse clock, so reading a message costs
+//! no clock call.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+use crate::metrics::Metrics;
+use crate::outbox::{CloseReason, Outbox};
+use crate::shutdown::Shutdown;
+
+/// How long a connection's writes may stay stalled (the socket full, its
+/// client reading nothing) before it is dropped as a slow consumer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An unmasked WebSocket ping with no payload.
+const PING: &[u8] = &[0x89, 0x00];
+/// The sweep period for the default timeouts; shorter ones sweep faster.
+const MAX_PERIOD: Duration = Duration::from_millis(250);
+const MIN_PERIOD: Duration = Duration::from_millis(20);
+
+/// A connection's clocks, in sweeper milliseconds (0: never).
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// When the client was last heard from (any frame, pongs included).
+    heard: AtomicU64,
+    /// When the server last pinged it.
+    pinged: AtomicU64,
+    /// Since when its writer has been waiting for the socket to take data.
+    stalled_since: AtomicU64,
+    /// When its token expires.
+    expires: AtomicU64,
+    /// Set when the sweeper gave up on a stalled writer: drop, no close frame.
+    abandoned: AtomicBool,
+}
+
+// Relaxed throughout: each field is one clock reading, compared alone.
+impl Watch {
+    pub fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Sweeper {
+    epoch: Instant,
+    /// The coarse clock: sweeper milliseconds at the last sweep.
+    now: AtomicU64,
+    /// Open connections by id.
+    conns: DashMap<u64, Arc<Outbox>>,
+    period: Duration,
+    idle_timeout: Duration,
+    ping_interval: Duration,
+}
+
+impl Sweeper {
+    pub fn new(idle_timeout: Duration, ping_interval: Duration) -> Sweeper {
+        let period = (idle_timeout.min(ping_interval) / 4).clamp(MIN_PERIOD, MAX_PERIOD);
+        Sweeper {
+            epoch: Instant::now(),
+            now: AtomicU64::new(1),
+            conns: DashMap::new(),
+            period,
+            idle_timeout,
+            ping_interval,
+        }
+    }
+
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    fn clock(&self) -> u64 {
+        // Never 0, which means "never" in a Watch.
+        (self.epoch.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// The coarse time, good to one sweep period.
+    pub fn now(&self) -> u64 {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// Starts watching a connection, whose token (if it has one) expires at
+    /// `expires_at`.
+    pub fn watch(&self, id: u64, outbox: Arc<Outbox>, expires_at: Option<SystemTime>) {
+        let now = self.clock();
+        let w = &outbox.watch;
+        w.heard.store(now, Ordering::Relaxed);
+        w.pinged.store(now, Ordering::Relaxed);
+        if let Some(at) = expires_at {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            w.expires.store(now + left.as_millis() as u64, Ordering::Relaxed);
+        }
+        self.conns.insert(id, outbox);
+    }
+
+    pub fn forget(&self, id: u64) {
+        self.conns.remove(&id);
+    }
+
+    /// The client was heard from.
+    pub fn heard(&self, w: &Watch) {
+        w.heard.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// The writer found the socket full (`true`) or wrote everything.
+    pub fn stalled(&self, w: &Watch, stalled: bool) {
+        if !stalled {
+            w.stalled_since.store(0, Ordering::Relaxed);
+        } else if w.stalled_since.load(Ordering::Relaxed) == 0 {
+            w.stalled_since.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    /// Sweeps until shutdown.
+    pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, shutdown: Arc<Shutdown>) {
+        let mut tick = tokio::time::interval(self.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tick.tick() => self.sweep(&metrics),
+            }
+        }
+    }
+
+    fn sweep(&self, metrics: &Metrics) {
+        let now = self.clock();
+        self.now.store(now, Ordering::Relaxed);
+        let idle = self.idle_timeout.as_millis() as u64;
+        let ping = self.ping_interval.as_millis() as u64;
+        let stall = WRITE_TIMEOUT.as_millis() as u64;
+        for entry in self.conns.iter() {
+            let outbox = entry.value();
+            let w = &outbox.watch;
+            let expires = w.expires.load(Ordering::Relaxed);
+            let stalled_since = w.stalled_since.load(Ordering::Relaxed);
+            if stalled_since != 0 && now.saturating_sub(stalled_since) >= stall {
+                if !w.abandoned.swap(true, Ordering::Relaxed) {
+                    metrics.slow_consumer_cut();
+                    outbox.close(CloseReason::SlowConsumer);
+                }
+            } else if expires != 0 && now >= expires {
+                outbox.close(CloseReason::TokenExpired);
+            } else if now.saturating_sub(w.heard.load(Ordering::Relaxed)) >= idle {
+                outbox.close(CloseReason::IdleTimeout);
+            } else if now.saturating_sub(w.pinged.load(Ordering::Relaxed)) >= ping {
+                w.pinged.store(now, Ordering::Relaxed);
+                outbox.push_raw(Bytes::from_static(PING));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Overflow;
+    use std::collections::VecDeque;
+
+    fn sweeper() -> Sweeper {
+        Sweeper::new(Duration::from_millis(400), Duration::from_millis(100))
+    }
+
+    #[test]
+    fn a_silent_connection_is_pinged_then_closed_for_idleness() {
+        let s = sweeper();
+        let metrics = Metrics::new(false);
+        let o = Arc::new(Outbox::new(16, Overflow::Close));
+        s.watch(1, o.clone(), None);
+        std::thread::sleep(Duration::from_millis(120));
+        s.sweep(&metrics);
+        let mut batch = VecDeque::new();
+        assert_eq!(o.take(&mut batch), None);
+        assert_eq!(batch.len(), 1);
+        assert!(batch[0].raw && &batch[0].bytes[..] == PING);
+        std::thread::sleep(Duration::from_millis(300));
+        s.sweep(&metrics);
+        assert_eq!(o.take(&mut batch), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn hearing_from_the_client_keeps_it_open() {
+        let s = sweeper();
+        let metrics = Metrics::new(false);
+        let o = Arc::new(Outbox::new(16, Overflow::Close));
+        s.watch(1, o.clone(), None);
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(100));
+            s.sweep(&metrics);
+            s.heard(&o.watch);
+        }
+        assert!(!o.is_closing());
+    }
+
+    #[test]
+    fn a_stalled_writer_is_abandoned_and_an_expired_token_closed() {
+        let mut s = Sweeper::new(Duration::from_secs(60), Duration::from_secs(60));
+        s.epoch = Instant::now() - Duration::from_secs(30);
+        let metrics = Metrics::new(false);
+        let stalled = Arc::new(Outbox::new(16, Overflow::Close));
+        s.watch(1, stalled.clone(), None);
+        let expiring = Arc::new(Outbox::new(16, Overflow::Close));
+        s.watch(2, expiring.clone(), Some(SystemTime::now()));
+        let stalled_for = |ms: u64| s.clock() - ms;
+        stalled
+            .watch
+            .stalled_since
+            .store(stalled_for(5_000), Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+        s.sweep(&metrics);
+        let mut batch = VecDeque::new();
+        assert_eq!(expiring.take(&mut batch), Some(CloseReason::TokenExpired));
+        assert!(
+            !stalled.watch.abandoned(),
+            "not stalled for the write timeout yet"
+        );
+        stalled
+            .watch
+            .stalled_since
+            .store(stalled_for(11_000), Ordering::Relaxed);
+        s.sweep(&metrics);
+        assert!(stalled.watch.abandoned());
+        assert_eq!(stalled.take(&mut batch), Some(CloseReason::SlowConsumer));
+        assert_eq!(metrics.slow_consumer_cuts(), 1);
+        s.forget(1);
+        assert_eq!(s.len(), 1);
+    }
+}

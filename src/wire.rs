@@ -1,0 +1,248 @@
+//! A connection's socket after the handshake, shared by its two halves
+//! without a lock: tungstenite reads and parses client frames from it, and
+//! the connection writes server frames straight from the outbox with one
+//! `writev` per batch, building each 2–10-byte header on the stack and
+//! pointing at the shared frame bytes (no copy into a write buffer).
+//!
+//! Tungstenite never writes to the socket itself: the frames it sends on
+//! its own (the pong to a client's ping, the reply to a client's close)
+//! go through [`Wire`]'s `AsyncWrite` into the outbox, already framed, so
+//! that they take their turn between whole frames.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::outbox::{CloseReason, Outbox, Outgoing};
+
+/// At most this many messages go into one `writev`.
+const MAX_BATCH: usize = 64;
+
+/// The socket as tungstenite sees it.
+pub struct Wire {
+    tcp: Arc<TcpStream>,
+    /// Bytes the HTTP layer read past the handshake, served first.
+    prefix: Bytes,
+    outbox: Arc<Outbox>,
+}
+
+impl Wire {
+    pub fn new(tcp: Arc<TcpStream>, prefix: Bytes, outbox: Arc<Outbox>) -> Wire {
+        // A copy: the bytes are a view of the HTTP layer's read buffer
+        // (8 KiB), which even an empty view would keep allocated.
+        let prefix = Bytes::copy_from_slice(&prefix);
+        Wire { tcp, prefix, outbox }
+    }
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.tcp.poll_read_ready(cx))?;
+            match this.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Wire {
+    /// Tungstenite flushes whole frames in one write: queue them as one.
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.outbox.push_raw(Bytes::copy_from_slice(buf));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The header of an unmasked, final text frame of `len` bytes.
+fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x81;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if len <= u16::MAX as usize {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// A close frame with the reason's code and text.
+pub fn close_frame(reason: &CloseReason) -> Bytes {
+    let text = reason.text().as_bytes();
+    let mut b = BytesMut::with_capacity(4 + text.len());
+    b.put_u8(0x88);
+    // Every reason text is short: the payload fits the one-byte length.
+    b.put_u8((2 + text.len()) as u8);
+    b.put_u16(reason.code());
+    b.put_slice(text);
+    b.freeze()
+}
+
+/// What one [`write_batch`] achieved.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Wrote {
+    /// Text messages written whole.
+    pub messages: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Everything was written; `false`: the socket is full for now.
+    pub done: bool,
+}
+
+/// Writes `batch` (from `offset` bytes into its first message) until it is
+/// empty or the socket would block, removing what was written and leaving
+/// `offset` at the part of the first message still owed.
+pub fn write_batch(tcp: &TcpStream, batch: &mut VecDeque<Outgoing>, offset: &mut usize) -> io::Result<Wrote> {
+    let mut wrote = Wrote::default();
+    while !batch.is_empty() {
+        let mut headers = [[0u8; 10]; MAX_BATCH];
+        let mut lens = [0usize; MAX_BATCH];
+        let n = batch.len().min(MAX_BATCH);
+        for (i, o) in batch.iter().take(n).enumerate() {
+            if !o.raw {
+                lens[i] = text_header(o.bytes.len(), &mut headers[i]);
+            }
+        }
+        let mut iov = [IoSlice::new(&[]); 2 * MAX_BATCH];
+        let mut slices = 0;
+        let mut skip = *offset;
+        for (i, o) in batch.iter().take(n).enumerate() {
+            for part in [&headers[i][..lens[i]], &o.bytes[..]] {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                iov[slices] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                slices += 1;
+            }
+        }
+        let mut written = match tcp.try_write_vectored(&iov[..slices]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(wrote),
+            Err(e) => return Err(e),
+        };
+        for len in lens.iter().take(n) {
+            let Some(front) = batch.front() else { break };
+            let owed = len + front.bytes.len() - *offset;
+            if written < owed {
+                *offset += written;
+                break;
+            }
+            written -= owed;
+            *offset = 0;
+            if let Some(o) = batch.pop_front() {
+                if !o.raw {
+                    wrote.messages += 1;
+                    wrote.bytes += o.bytes.len() as u64;
+                }
+            }
+        }
+    }
+    wrote.done = true;
+    Ok(wrote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn text(s: &str) -> Outgoing {
+        Outgoing {
+            bytes: Bytes::copy_from_slice(s.as_bytes()),
+            raw: false,
+            received_at: None,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn headers_use_the_shortest_length_form() {
+        let mut h = [0u8; 10];
+        assert_eq!(text_header(125, &mut h), 2);
+        assert_eq!(&h[..2], &[0x81, 125]);
+        assert_eq!(text_header(126, &mut h), 4);
+        assert_eq!(&h[..4], &[0x81, 126, 0, 126]);
+        assert_eq!(text_header(70_000, &mut h), 10);
+        assert_eq!(&h[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn a_close_frame_carries_code_and_reason() {
+        let f = close_frame(&CloseReason::SlowConsumer);
+        assert_eq!(&f[..4], &[0x88, 2 + 13, 0x0f, 0xa2]);
+        assert_eq!(&f[4..], b"slow consumer");
+    }
+
+    /// Frames written through a real socket pair, including one big enough
+    /// to fill the socket, come out whole and in order on the other side.
+    #[tokio::test]
+    async fn batches_survive_partial_writes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let big = "y".repeat(3 << 20);
+        let mut batch: VecDeque<Outgoing> = ["a", big.as_str(), "bc"].into_iter().map(text).collect();
+        batch.push_back(Outgoing {
+            bytes: Bytes::from_static(&[0x8a, 0x00]),
+            raw: true,
+            received_at: None,
+            key: None,
+        });
+        let expected: usize = 3 + (10 + big.len()) + 4 + 2;
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; expected];
+            client.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut offset = 0;
+        let mut total = Wrote::default();
+        loop {
+            let w = write_batch(&server, &mut batch, &mut offset).unwrap();
+            total.messages += w.messages;
+            total.bytes += w.bytes;
+            if w.done {
+                break;
+            }
+            server.writable().await.unwrap();
+        }
+        assert_eq!((total.messages, total.bytes), (3, (1 + big.len() + 2) as u64));
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..3], b"\x81\x01a");
+        assert_eq!(&got[3..5], &[0x81, 127]);
+        let tail = &got[13 + big.len()..];
+        assert_eq!(tail, b"\x81\x02bc\x8a\x00");
+    }
+}
