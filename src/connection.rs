@@ -401,7 +401,8 @@ struct Link {
 
 impl Link {
     async fn new(accepted: Accepted, outbox: Arc<Outbox>) -> Link {
-        let wire = Wire::new(accepted.tcp.clone(), accepted.prefix, outbox);
+        let wire = Wire::new(accepted.tcp.clone(), accepted.prefix, outbox.clone());
+        outbox.set_socket(Some(accepted.tcp.clone()));
         let ws = WebSocketStream::from_raw_socket(wire, Role::Server, Some(accepted.config)).await;
         Link {
             tcp: accepted.tcp,
@@ -413,17 +414,16 @@ impl Link {
 
     /// Writes what the socket takes now, without waiting.
     fn write_some(&mut self, outbox: &Outbox, node: &Node) -> std::io::Result<()> {
-        let oldest = self.batch.iter().find_map(|o| o.received_at);
         let wrote = wire::write_batch(&self.tcp, &mut self.batch, &mut self.offset)?;
         if wrote.messages > 0 {
             node.metrics.wrote(wrote.messages, wrote.bytes);
         }
+        if let Some(t) = wrote.oldest {
+            node.metrics.publish_to_write.record(t.elapsed());
+        }
         node.sweeper.stalled(&outbox.watch, !wrote.done);
         if wrote.done {
             outbox.written();
-            if let Some(t) = oldest {
-                node.metrics.publish_to_write.record(t.elapsed());
-            }
             // A burst grew the queue; keep what a usual batch needs, so that
             // thousands of connections do not each hold their largest burst,
             // and nothing for a connection that gets a frame now and then.
@@ -489,12 +489,12 @@ async fn close(link: &mut Link, outbox: &Outbox, node: &Node, exit: Exit) -> End
             // Refuse new frames; send what is queued (tungstenite's reply to
             // the client's close among them) if the socket still takes it.
             outbox.close(CloseReason::GoingAway);
-            outbox.take(&mut link.batch);
+            outbox.take(&mut link.batch, &mut link.offset);
             let _ = tokio::time::timeout(CLOSE_GRACE, link.flush(outbox, node)).await;
             end
         }
         Exit::Closing(reason) => {
-            outbox.take(&mut link.batch);
+            outbox.take(&mut link.batch, &mut link.offset);
             link.batch.push_back(Outgoing {
                 bytes: wire::close_frame(&reason),
                 raw: true,
@@ -514,7 +514,6 @@ async fn close(link: &mut Link, outbox: &Outbox, node: &Node, exit: Exit) -> End
 }
 
 async fn serve_open(link: &mut Link, outbox: &Outbox, node: &Node, reader: &mut impl Reader) -> Exit {
-    let mut shutting = false;
     loop {
         if outbox.watch.abandoned() {
             return Exit::Dropped;
@@ -522,7 +521,7 @@ async fn serve_open(link: &mut Link, outbox: &Outbox, node: &Node, reader: &mut 
         // While a batch is stuck on a full socket, new frames stay queued in
         // the outbox (which then owes no wake per frame).
         if link.batch.is_empty() {
-            if let Some(reason) = outbox.take(&mut link.batch) {
+            if let Some(reason) = outbox.take(&mut link.batch, &mut link.offset) {
                 return Exit::Closing(reason);
             }
         }
@@ -535,12 +534,9 @@ async fn serve_open(link: &mut Link, outbox: &Outbox, node: &Node, reader: &mut 
             }
         }
         let stalled = !link.batch.is_empty();
+        // Shutdown, like every timeout, arrives as a close in the outbox.
         tokio::select! {
             biased;
-            _ = node.shutdown.wait(), if !shutting => {
-                shutting = true;
-                outbox.close(CloseReason::GoingAway);
-            }
             _ = link.tcp.writable(), if stalled => {}
             _ = outbox.notified() => {}
             msg = link.ws.next() => {
@@ -592,7 +588,8 @@ pub async fn serve_subscriber(accepted: Accepted, node: Arc<Node>, endpoint: End
     let opened = Instant::now();
     tracing::info!(conn = id.0, endpoint = endpoint.name(), user = %identity.user, %peer, "connection opened");
     node.metrics.connection_opened(endpoint);
-    node.sweeper.watch(id.0, outbox.clone(), identity.expires_at);
+    node.sweeper
+        .watch(id.0, outbox.clone(), identity.expires_at, &node.shutdown);
 
     // Boxed, like the other one-off steps: the task keeps only what it
     // needs while the connection is open.
@@ -608,6 +605,7 @@ pub async fn serve_subscriber(accepted: Accepted, node: Arc<Node>, endpoint: End
     };
     Box::pin(session.attach()).await;
     let end = serve(&mut link, &outbox, &node, &mut session).await;
+    outbox.set_socket(None);
     session.detach();
     node.sweeper.forget(id.0);
     node.metrics.connection_closed(endpoint);
@@ -657,7 +655,7 @@ pub async fn serve_ingest(accepted: Accepted, node: Arc<Node>, publisher: Option
         node.config.outbound_queue_frames.get(),
         Overflow::Close,
     ));
-    node.sweeper.watch(id.0, outbox.clone(), None);
+    node.sweeper.watch(id.0, outbox.clone(), None, &node.shutdown);
     let mut link = Link::new(accepted, outbox.clone()).await;
     let mut reader = Publisher {
         node: node.clone(),

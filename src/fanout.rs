@@ -45,9 +45,9 @@ use crate::sequencer::Sequencer;
 /// Updates taken from the ring before writers are woken and publishers
 /// told there is room. Small enough to keep latency in microseconds.
 const BATCH: usize = 64;
-/// How long a worker waits before looking again whether a saturated node
-/// caught up.
-const SATURATED_PAUSE: Duration = Duration::from_micros(200);
+/// How long a paused worker sleeps at most; the writer that ends the
+/// saturation wakes it earlier.
+const SATURATED_PAUSE: Duration = Duration::from_millis(2);
 
 /// An update on its way to fanout.
 pub struct Inbound {
@@ -205,8 +205,10 @@ impl Fanout {
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
+        let mut unparkers = Vec::with_capacity(config.shards);
         for index in 0..config.shards {
             let (ring, parker) = Ring::new(config.ring_capacity);
+            unparkers.push(parker.unparker().clone());
             let ring = Arc::new(ring);
             let worker = Worker {
                 ring: ring.clone(),
@@ -229,6 +231,7 @@ impl Fanout {
             shards.push(ring);
             threads.push(handle);
         }
+        metrics.backlog.set_unparkers(unparkers);
         Arc::new(Fanout {
             shards,
             latest,
@@ -363,7 +366,11 @@ impl Worker {
                     in_batch = 0;
                 }
                 self.backlog.paused();
-                parker.park_timeout(SATURATED_PAUSE);
+                // Looked again after announcing the pause: a writer that
+                // caught up in between would not have known to wake us.
+                if self.backlog.saturated() {
+                    parker.park_timeout(SATURATED_PAUSE);
+                }
                 continue;
             }
             match self.ring.pop_update() {
@@ -427,9 +434,31 @@ impl Worker {
         None
     }
 
+    /// Gets the frames of this batch moving. When the ring is empty no
+    /// later update can share their writes, so the worker writes them
+    /// itself (one system call per subscriber, no task wake); otherwise,
+    /// or when a socket is full or its task is writing, it wakes the
+    /// subscriber's task, which writes whatever has gathered by then.
     fn flush_wakes(&mut self) {
+        let direct = self.ring.depth() == 0;
+        let (mut messages, mut bytes) = (0, 0);
         for outbox in self.wakes.drain(..) {
+            if direct {
+                if let Some(wrote) = outbox.write_direct() {
+                    messages += wrote.messages;
+                    bytes += wrote.bytes;
+                    if let Some(t) = wrote.oldest {
+                        self.metrics.publish_to_write.record(t.elapsed());
+                    }
+                    if wrote.done {
+                        continue;
+                    }
+                }
+            }
             outbox.wake();
+        }
+        if messages > 0 {
+            self.metrics.wrote(messages, bytes);
         }
     }
 

@@ -19,11 +19,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::protocol::encode::Frame;
 use crate::sweep::Watch;
+use crate::wire::{self, Wrote};
 
 /// Why a connection is being closed by the server, and so its close code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +138,10 @@ pub struct Backlog {
     behind: AtomicUsize,
     /// Times a fanout worker paused because the node was saturated.
     pauses: AtomicU64,
+    /// Set while some fanout worker is paused; the writer that ends the
+    /// saturation wakes them (`unparkers`).
+    waiting: AtomicBool,
+    unparkers: std::sync::OnceLock<Vec<crossbeam::sync::Unparker>>,
 }
 
 // Relaxed throughout: the counts steer a heuristic and are read for display;
@@ -148,8 +154,28 @@ impl Backlog {
         behind >= SATURATED_MIN_BEHIND && behind * 4 >= self.outboxes.load(Ordering::Relaxed)
     }
 
+    /// A fanout worker is about to park because the node is saturated.
     pub fn paused(&self) {
         self.pauses.fetch_add(1, Ordering::Relaxed);
+        self.waiting.store(true, Ordering::SeqCst);
+    }
+
+    /// The fanout workers to wake when the node catches up.
+    pub fn set_unparkers(&self, unparkers: Vec<crossbeam::sync::Unparker>) {
+        let _ = self.unparkers.set(unparkers);
+    }
+
+    /// One fewer subscriber is behind: wake paused workers once the node
+    /// is no longer saturated.
+    fn caught_up(&self) {
+        if self.waiting.load(Ordering::SeqCst)
+            && !self.saturated()
+            && self.waiting.swap(false, Ordering::SeqCst)
+        {
+            for u in self.unparkers.get().into_iter().flatten() {
+                u.unpark();
+            }
+        }
     }
 
     pub fn behind(&self) -> usize {
@@ -176,8 +202,14 @@ pub enum Push {
 struct State {
     frames: VecDeque<Outgoing>,
     close: Option<CloseReason>,
-    /// Frames the writer took and has not finished writing.
+    /// Frames the writer took and has not finished writing. While there
+    /// are any, the connection's task owns the socket's write side.
     in_flight: usize,
+    /// Bytes of the first frame already written by [`Outbox::write_direct`].
+    offset: usize,
+    /// The connection's socket, for [`Outbox::write_direct`]; taken away
+    /// when the connection ends, so the socket closes with it.
+    socket: Option<Arc<TcpStream>>,
     /// Counted as behind in the [`Backlog`].
     behind: bool,
 }
@@ -253,6 +285,7 @@ impl Outbox {
                 backlog.behind.fetch_add(1, Ordering::Relaxed);
             } else {
                 backlog.behind.fetch_sub(1, Ordering::Relaxed);
+                backlog.caught_up();
             }
         }
     }
@@ -375,13 +408,17 @@ impl Outbox {
     }
 
     /// Moves every queued frame to the end of `batch` (the writer's, which
-    /// it reuses), and returns the close reason if one was decided.
-    pub fn take(&self, batch: &mut VecDeque<Outgoing>) -> Option<CloseReason> {
+    /// it reuses), and returns the close reason if one was decided. When
+    /// `batch` was empty, `offset` becomes how much of its first frame a
+    /// direct write already sent.
+    pub fn take(&self, batch: &mut VecDeque<Outgoing>, offset: &mut usize) -> Option<CloseReason> {
         let mut state = self.lock();
         if !state.frames.is_empty() {
             if batch.is_empty() {
                 std::mem::swap(&mut state.frames, batch);
+                *offset = std::mem::take(&mut state.offset);
             } else {
+                // A writer holding frames excludes direct writes: no offset.
                 batch.append(&mut state.frames);
             }
             state.in_flight = batch.len();
@@ -389,16 +426,43 @@ impl Outbox {
         state.close.clone()
     }
 
-    /// Waits until there are frames or a close, then [`Outbox::take`]s.
+    /// Waits until there are frames or a close, then [`Outbox::take`]s
+    /// (for benches and tests, where nothing writes directly).
     pub async fn next_batch(&self, batch: &mut VecDeque<Outgoing>) -> Option<CloseReason> {
+        let mut offset = 0;
         loop {
             let notified = self.notified();
-            let close = self.take(batch);
+            let close = self.take(batch, &mut offset);
             if !batch.is_empty() || close.is_some() {
                 return close;
             }
             notified.await;
         }
+    }
+
+    /// Gives the outbox its connection's socket (`None`: the connection
+    /// ended), for [`Outbox::write_direct`].
+    pub fn set_socket(&self, socket: Option<Arc<TcpStream>>) {
+        self.lock().socket = socket;
+    }
+
+    /// Writes the queued frames to the socket from the calling thread (a
+    /// fanout worker, when its ring is empty), instead of waking the
+    /// connection's task for them: one system call instead of a wake, a
+    /// task switch and the same system call. Only when the task is not
+    /// writing itself and no close is decided. `None`: nothing was
+    /// written and the task must be woken; a result not `done` means the
+    /// socket filled up, and the task must be woken to write the rest.
+    pub fn write_direct(&self) -> Option<Wrote> {
+        let mut state = self.lock();
+        if state.in_flight > 0 || state.close.is_some() || state.frames.is_empty() {
+            return None;
+        }
+        let socket = state.socket.clone()?;
+        let State { frames, offset, .. } = &mut *state;
+        let wrote = wire::write_batch(&socket, frames, offset).ok();
+        self.recount(&mut state);
+        wrote
     }
 
     /// The writer finished writing the batch it took: its frames no longer

@@ -90,8 +90,8 @@ impl Sweeper {
     }
 
     /// Starts watching a connection, whose token (if it has one) expires at
-    /// `expires_at`.
-    pub fn watch(&self, id: u64, outbox: Arc<Outbox>, expires_at: Option<SystemTime>) {
+    /// `expires_at`; closes it at once if the node is shutting down.
+    pub fn watch(&self, id: u64, outbox: Arc<Outbox>, expires_at: Option<SystemTime>, shutdown: &Shutdown) {
         let now = self.clock();
         let w = &outbox.watch;
         w.heard.store(now, Ordering::Relaxed);
@@ -100,7 +100,12 @@ impl Sweeper {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             w.expires.store(now + left.as_millis() as u64, Ordering::Relaxed);
         }
-        self.conns.insert(id, outbox);
+        self.conns.insert(id, outbox.clone());
+        // After the insert: either the sweeper's shutdown pass sees this
+        // connection, or this sees the shutdown.
+        if shutdown.is_triggered() {
+            outbox.close(CloseReason::GoingAway);
+        }
     }
 
     pub fn forget(&self, id: u64) {
@@ -127,7 +132,14 @@ impl Sweeper {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.wait() => return,
+                _ = shutdown.wait() => {
+                    // Connections have no shutdown wait of their own: the
+                    // close reaches each through its outbox.
+                    for entry in self.conns.iter() {
+                        entry.value().close(CloseReason::GoingAway);
+                    }
+                    return;
+                }
                 _ = tick.tick() => self.sweep(&metrics),
             }
         }
@@ -184,16 +196,16 @@ mod tests {
         let s = sweeper();
         let metrics = Metrics::new(false);
         let o = Arc::new(Outbox::new(16, Overflow::Close));
-        s.watch(1, o.clone(), None);
+        s.watch(1, o.clone(), None, &Shutdown::default());
         std::thread::sleep(Duration::from_millis(120));
         s.sweep(&metrics);
         let mut batch = VecDeque::new();
-        assert_eq!(o.take(&mut batch), None);
+        assert_eq!(o.take(&mut batch, &mut 0), None);
         assert_eq!(batch.len(), 1);
         assert!(batch[0].raw && &batch[0].bytes[..] == PING);
         std::thread::sleep(Duration::from_millis(300));
         s.sweep(&metrics);
-        assert_eq!(o.take(&mut batch), Some(CloseReason::IdleTimeout));
+        assert_eq!(o.take(&mut batch, &mut 0), Some(CloseReason::IdleTimeout));
     }
 
     #[test]
@@ -201,7 +213,7 @@ mod tests {
         let s = sweeper();
         let metrics = Metrics::new(false);
         let o = Arc::new(Outbox::new(16, Overflow::Close));
-        s.watch(1, o.clone(), None);
+        s.watch(1, o.clone(), None, &Shutdown::default());
         for _ in 0..6 {
             std::thread::sleep(Duration::from_millis(100));
             s.sweep(&metrics);
@@ -216,9 +228,9 @@ mod tests {
         s.epoch = Instant::now() - Duration::from_secs(30);
         let metrics = Metrics::new(false);
         let stalled = Arc::new(Outbox::new(16, Overflow::Close));
-        s.watch(1, stalled.clone(), None);
+        s.watch(1, stalled.clone(), None, &Shutdown::default());
         let expiring = Arc::new(Outbox::new(16, Overflow::Close));
-        s.watch(2, expiring.clone(), Some(SystemTime::now()));
+        s.watch(2, expiring.clone(), Some(SystemTime::now()), &Shutdown::default());
         let stalled_for = |ms: u64| s.clock() - ms;
         stalled
             .watch
@@ -227,7 +239,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         s.sweep(&metrics);
         let mut batch = VecDeque::new();
-        assert_eq!(expiring.take(&mut batch), Some(CloseReason::TokenExpired));
+        assert_eq!(expiring.take(&mut batch, &mut 0), Some(CloseReason::TokenExpired));
         assert!(
             !stalled.watch.abandoned(),
             "not stalled for the write timeout yet"
@@ -238,7 +250,7 @@ mod tests {
             .store(stalled_for(11_000), Ordering::Relaxed);
         s.sweep(&metrics);
         assert!(stalled.watch.abandoned());
-        assert_eq!(stalled.take(&mut batch), Some(CloseReason::SlowConsumer));
+        assert_eq!(stalled.take(&mut batch, &mut 0), Some(CloseReason::SlowConsumer));
         assert_eq!(metrics.slow_consumer_cuts(), 1);
         s.forget(1);
         assert_eq!(s.len(), 1);

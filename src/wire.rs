@@ -14,6 +14,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -117,6 +118,8 @@ pub struct Wrote {
     pub bytes: u64,
     /// Everything was written; `false`: the socket is full for now.
     pub done: bool,
+    /// When the first update written whole entered the server.
+    pub oldest: Option<Instant>,
 }
 
 /// Writes `batch` (from `offset` bytes into its first message) until it is
@@ -167,6 +170,7 @@ pub fn write_batch(tcp: &TcpStream, batch: &mut VecDeque<Outgoing>, offset: &mut
                     wrote.messages += 1;
                     wrote.bytes += o.bytes.len() as u64;
                 }
+                wrote.oldest = wrote.oldest.or(o.received_at);
             }
         }
     }
