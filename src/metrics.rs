@@ -331,7 +331,7 @@ impl Metrics {
         family(
             "tickwire_subscribers_behind",
             "gauge",
-            "Subscribers with 32 or more frames queued; a quarter of all (and at least 16) pauses fanout.",
+            "Subscribers with a quarter of their queue (at most 256 frames) waiting; a quarter of all (and at least 16) pauses fanout.",
             &[(String::new(), self.backlog.behind() as f64)],
         );
         family(

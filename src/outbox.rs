@@ -121,8 +121,10 @@ impl Outgoing {
     }
 }
 
-/// A subscriber is *behind* when this many frames wait in its queue.
-pub const BEHIND_FRAMES: usize = 32;
+/// A subscriber is *behind* when a quarter of its queue's capacity, and at
+/// most this many frames, wait in it: late enough that the writes carry
+/// many frames each, early enough that a queue never nears its limit.
+pub const BEHIND_FRAMES: usize = 256;
 /// The server is saturated when at least this many subscribers are behind
 /// and they are at least a quarter of all of them: fewer is a lagging
 /// minority, which conflation or the slow-consumer close deals with alone.
@@ -134,7 +136,7 @@ pub const SATURATED_MIN_BEHIND: usize = 16;
 pub struct Backlog {
     /// Subscriber outboxes in existence.
     outboxes: AtomicUsize,
-    /// Of those, how many hold [`BEHIND_FRAMES`] or more.
+    /// Of those, how many are behind (see [`BEHIND_FRAMES`]).
     behind: AtomicUsize,
     /// Times a fanout worker paused because the node was saturated.
     pauses: AtomicU64,
@@ -225,6 +227,8 @@ pub struct Outbox {
     overflow: Overflow,
     /// Where a subscriber's outbox counts; `None` for a publisher's.
     backlog: Option<Arc<Backlog>>,
+    /// Frames waiting from which it counts as behind.
+    behind_at: usize,
     /// The connection's clocks, kept by the node's sweeper.
     pub watch: Watch,
 }
@@ -270,6 +274,7 @@ impl Outbox {
             capacity,
             overflow,
             backlog,
+            behind_at: (capacity / 4).clamp(1, BEHIND_FRAMES),
             watch: Watch::default(),
         }
     }
@@ -278,7 +283,7 @@ impl Outbox {
     /// changed length.
     fn recount(&self, state: &mut State) {
         let Some(backlog) = &self.backlog else { return };
-        let behind = state.frames.len() + state.in_flight >= BEHIND_FRAMES;
+        let behind = state.frames.len() + state.in_flight >= self.behind_at;
         if behind != state.behind {
             state.behind = behind;
             if behind {
@@ -345,7 +350,7 @@ impl Outbox {
             key,
         });
         // Only a crossing of the threshold touches the shared count.
-        if state.behind != (state.frames.len() + state.in_flight >= BEHIND_FRAMES) {
+        if state.behind != (state.frames.len() + state.in_flight >= self.behind_at) {
             self.recount(&mut state);
         }
         if dropped > 0 {
@@ -575,7 +580,7 @@ mod tests {
             .collect();
         // A lagging minority is not saturation.
         for o in &outboxes[..SATURATED_MIN_BEHIND - 1] {
-            for _ in 0..BEHIND_FRAMES {
+            for _ in 0..256 {
                 o.push(f("x"), None);
             }
         }
