@@ -382,6 +382,12 @@ const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 impl RawWs {
     async fn connect(addr: SocketAddr, path: &str) -> RawWs {
+        RawWs::connect_with(addr, path, &[]).await
+    }
+
+    /// Connects, sending `early` (frames) in the same write as the
+    /// handshake request, before the server could answer it.
+    async fn connect_with(addr: SocketAddr, path: &str, early: &[u8]) -> RawWs {
         let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
             .await
             .expect("connect in time")
@@ -391,10 +397,9 @@ impl RawWs {
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write handshake");
+        let mut first = request.into_bytes();
+        first.extend_from_slice(early);
+        stream.write_all(&first).await.expect("write handshake");
         let mut raw = RawWs {
             stream,
             buf: Vec::new(),
@@ -428,25 +433,7 @@ impl RawWs {
     }
 
     async fn send_frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
-        let mut frame = vec![0x80 | opcode];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => frame.push(mask_bit | n as u8),
-            n if n < 65_536 => {
-                frame.push(mask_bit | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(mask_bit | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            frame.extend_from_slice(&MASK);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-        } else {
-            frame.extend_from_slice(payload);
-        }
+        let frame = frame_bytes(opcode, payload, masked);
         self.stream.write_all(&frame).await.expect("write frame");
     }
 
@@ -472,6 +459,30 @@ impl RawWs {
         }
         None
     }
+}
+
+/// A client frame: final, `opcode`, masked with [`MASK`] when `masked`.
+fn frame_bytes(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => frame.push(mask_bit | n as u8),
+        n if n < 65_536 => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        frame.extend_from_slice(&MASK);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
 }
 
 /// One unmasked server frame at the start of `buf`, if it is all there.
@@ -510,6 +521,64 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
     raw.send_frame(0x1, b"{\"type\":\"ping\",\"x\":\"\xff\xfe\xc3\"}", true)
         .await;
     assert_eq!(raw.close_code().await, Some(1007));
+}
+
+/// Bytes a client sends right behind its handshake, before the 101 can
+/// have arrived, are read like any later ones (the HTTP layer may already
+/// hold them when the socket changes hands).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_with_the_handshake_is_answered() {
+    let server = start().await;
+    let path = format!("/ws/market-data/?token={}", token("alice"));
+    let mut early = frame_bytes(0x1, br#"{"type":"ping","id":"early"}"#, true);
+    early.extend(frame_bytes(
+        0x1,
+        br#"{"type":"subscribe","symbols":["E-1"],"id":2}"#,
+        true,
+    ));
+    let mut raw = RawWs::connect_with(server.addr, &path, &early).await;
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let (opcode, payload) = raw.read_frame().await.expect("answers");
+        assert_eq!(opcode, 0x1);
+        answers.push(serde_json::from_slice::<Value>(&payload).unwrap());
+    }
+    assert_eq!(
+        (answers[0]["type"].as_str(), answers[0]["id"].as_str()),
+        (Some("pong"), Some("early"))
+    );
+    assert_eq!(answers[1]["type"], "subscribed", "{}", answers[1]);
+}
+
+/// A WebSocket ping between messages gets a pong with the same payload,
+/// and updates around it arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_ping_is_answered_in_between_updates() {
+    let server = start().await;
+    let path = format!("/ws/market-data/?token={}", token("alice"));
+    let mut raw = RawWs::connect(server.addr, &path).await;
+    raw.send_frame(0x1, br#"{"type":"subscribe","symbols":["P-1"]}"#, true)
+        .await;
+    let (_, subscribed) = raw.read_frame().await.expect("subscribed");
+    assert!(String::from_utf8_lossy(&subscribed).contains("subscribed"));
+    for round in 0..20 {
+        server.publish_ok(market_update("P-1", round as f64)).await;
+        raw.send_frame(0x9, format!("beat-{round}").as_bytes(), true)
+            .await;
+    }
+    let (mut pongs, mut seqs) = (Vec::new(), Vec::new());
+    while pongs.len() < 20 || seqs.len() < 20 {
+        match raw.read_frame().await.expect("frames") {
+            (0xA, payload) => pongs.push(String::from_utf8(payload).unwrap()),
+            (0x1, payload) => {
+                let v: Value = serde_json::from_slice(&payload).expect("whole JSON messages");
+                seqs.push(v["seq"].as_u64().unwrap());
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(pongs, (0..20).map(|i| format!("beat-{i}")).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
