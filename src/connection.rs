@@ -448,10 +448,15 @@ impl Link {
     }
 }
 
-/// What a connection does with the text messages it reads.
-trait Reader {
-    /// Acts on one; a close reason cuts the client off.
+/// What a connection does with the messages it reads.
+pub(crate) trait Reader {
+    /// Acts on a text message; a close reason cuts the client off.
     async fn on_text(&mut self, text: &str) -> Option<CloseReason>;
+
+    /// A binary message: refused (1003) by every endpoint of the protocol.
+    async fn on_binary(&mut self, _data: &[u8]) -> Option<CloseReason> {
+        Some(CloseReason::Binary)
+    }
 }
 
 impl Reader for Session {
@@ -552,8 +557,10 @@ async fn serve_open(link: &mut Link, outbox: &Outbox, node: &Node, reader: &mut 
                             outbox.close(reason);
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        outbox.close(CloseReason::Binary);
+                    Some(Ok(Message::Binary(data))) => {
+                        if let Some(reason) = reader.on_binary(&data).await {
+                            outbox.close(reason);
+                        }
                     }
                     // Pongs, and pings and closes that tungstenite answers by
                     // itself on the next read (see `Wire`).
@@ -644,6 +651,24 @@ impl Reader for Publisher {
         Box::pin(publish_frame(&self.node, &self.outbox, self.key, text.as_bytes())).await;
         None
     }
+}
+
+/// Runs a connection of the test-only `/ws/echo` route (feature
+/// `test-echo`) to its end, through the same socket handling as the
+/// protocol's endpoints, so that the Autobahn cases judge that.
+#[cfg(feature = "test-echo")]
+pub(crate) async fn serve_test_echo(
+    accepted: Accepted,
+    node: Arc<Node>,
+    reader: &mut impl Reader,
+    outbox: Arc<Outbox>,
+) {
+    let id = SubscriberId::next();
+    node.sweeper.watch(id.0, outbox.clone(), None, &node.shutdown);
+    let mut link = Link::new(accepted, outbox.clone()).await;
+    serve(&mut link, &outbox, &node, reader).await;
+    outbox.set_socket(None);
+    node.sweeper.forget(id.0);
 }
 
 /// Runs a publisher's `/ws/ingest` connection to its end.

@@ -329,14 +329,16 @@ async fn upgrade_echo(State(node): State<Arc<Node>>, mut req: Request) -> Respon
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            role,
-            Some(ws_config),
-        )
-        .await;
-        crate::echo::serve(ws, node).await;
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            return;
+        };
+        let accepted = Accepted {
+            tcp: Arc::new(parts.io.into_inner()),
+            prefix: parts.read_buf,
+            config: ws_config,
+            peer,
+        };
+        crate::echo::serve(accepted, node).await;
         drop(permit);
     });
     switching_protocols(&key)

@@ -82,7 +82,23 @@ impl AsyncWrite for Wire {
 
 /// The header of an unmasked, final text frame of `len` bytes.
 fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
-    out[0] = 0x81;
+    header(0x81, len, out)
+}
+
+/// A whole unmasked, final binary frame (the test-only echo route sends
+/// them; the protocol's endpoints speak text).
+pub fn binary_frame(payload: &[u8]) -> Bytes {
+    let mut head = [0u8; 10];
+    let n = header(0x82, payload.len(), &mut head);
+    let mut b = BytesMut::with_capacity(n + payload.len());
+    b.put_slice(&head[..n]);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+/// A frame header with `first` (FIN and opcode) and the shortest length.
+fn header(first: u8, len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = first;
     if len < 126 {
         out[1] = len as u8;
         2
