@@ -10,6 +10,11 @@
 //! reference count) to every subscriber's outbox. It never awaits a socket:
 //! a full outbox is that subscriber's problem. Writers are woken once per
 //! batch, not once per frame, so that frames leave in few system calls.
+//! When its ring is empty no later update can share those writes, and the
+//! worker makes them itself, without blocking (`Outbox::write_direct`):
+//! DESIGN.md has one writer per socket; this saves a task wake and switch
+//! per delivery where each socket gets a frame now and then, and leaves
+//! whatever a full socket does not take to the connection's own task.
 //!
 //! When the node's subscribers as a whole fall behind (the [`Backlog`] says
 //! saturated), workers stop taking updates from their rings until writers
