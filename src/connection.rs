@@ -35,8 +35,6 @@ use crate::server::Node;
 use crate::sweep::WRITE_TIMEOUT;
 use crate::wire::{self, Wire};
 
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
-
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Queue entries a writer keeps allocated between batches.
@@ -154,33 +152,21 @@ impl Session {
                 for symbol in &symbols {
                     let key = StreamKey::Symbol(symbol.clone());
                     let (sub, symbol) = (self.sub.clone(), symbol.clone());
-                    if !self.symbols.insert(symbol.clone()) {
-                        // Already subscribed: a new max_frequency is all that can change.
-                        if max_frequency.is_some() {
-                            let (since, fetched) = (None, None);
-                            controls.push((
-                                key,
-                                Control::Subscribe {
-                                    sub,
-                                    symbol,
-                                    since,
-                                    fetched,
-                                    max_frequency,
-                                },
-                            ));
-                        }
+                    let new = self.symbols.insert(symbol.clone());
+                    // Already subscribed: a new max_frequency is all that can change.
+                    if !new && max_frequency.is_none() {
                         continue;
                     }
-                    let since = since.get(&symbol).copied();
+                    let since = if new { since.get(&symbol).copied() } else { None };
                     let fetched = match &node.replication {
-                        None => None,
-                        Some(r) => {
+                        Some(r) if new => {
                             r.want(&key).await;
                             match since {
                                 Some(since) => r.fetch_history(&key, since).await.ok(),
                                 None => r.fetch_latest(&symbol).await.ok(),
                             }
                         }
+                        _ => None,
                     };
                     controls.push((
                         key,
@@ -386,6 +372,20 @@ pub struct Accepted {
     pub prefix: Bytes,
     pub config: WebSocketConfig,
     pub peer: SocketAddr,
+}
+
+impl Accepted {
+    /// Takes the TCP stream back from an upgraded HTTP connection; `None`
+    /// if it is not one (the server serves plain TCP; TLS ends at the proxy).
+    pub fn from_upgrade(upgraded: Upgraded, config: WebSocketConfig, peer: SocketAddr) -> Option<Accepted> {
+        let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+        Some(Accepted {
+            tcp: Arc::new(parts.io.into_inner()),
+            prefix: parts.read_buf,
+            config,
+            peer,
+        })
+    }
 }
 
 /// Both halves of a connection's socket: tungstenite reads, the
@@ -599,7 +599,9 @@ pub async fn serve_subscriber(accepted: Accepted, node: Arc<Node>, endpoint: End
         .watch(id.0, outbox.clone(), identity.expires_at, &node.shutdown);
 
     // Boxed, like the other one-off steps: the task keeps only what it
-    // needs while the connection is open.
+    // needs while the connection is open. (Not behind a shared helper: an
+    // async fn's parameters stay in its future for its whole life, and
+    // `accepted` there cost every idle connection 0.5 KiB.)
     let mut link = Box::pin(Link::new(accepted, outbox.clone())).await;
     let limit = RateLimit::new(node.config.commands_per_second, node.config.command_burst);
     let mut session = Session {
@@ -612,9 +614,8 @@ pub async fn serve_subscriber(accepted: Accepted, node: Arc<Node>, endpoint: End
     };
     Box::pin(session.attach()).await;
     let end = serve(&mut link, &outbox, &node, &mut session).await;
-    outbox.set_socket(None);
+    closed(&node, id, &outbox);
     session.detach();
-    node.sweeper.forget(id.0);
     node.metrics.connection_closed(endpoint);
     tracing::info!(
         conn = id.0,
@@ -624,6 +625,13 @@ pub async fn serve_subscriber(accepted: Accepted, node: Arc<Node>, endpoint: End
         secs = opened.elapsed().as_secs_f64(),
         "connection closed"
     );
+}
+
+/// A connection's socket ended: it closes now, not when fanout drops the
+/// outbox, and the sweeper stops watching it.
+fn closed(node: &Node, id: SubscriberId, outbox: &Outbox) {
+    outbox.set_socket(None);
+    node.sweeper.forget(id.0);
 }
 
 /// The close code owed for a read error, if the connection can still be told.
@@ -667,8 +675,7 @@ pub(crate) async fn serve_test_echo(
     node.sweeper.watch(id.0, outbox.clone(), None, &node.shutdown);
     let mut link = Link::new(accepted, outbox.clone()).await;
     serve(&mut link, &outbox, &node, reader).await;
-    outbox.set_socket(None);
-    node.sweeper.forget(id.0);
+    closed(&node, id, &outbox);
 }
 
 /// Runs a publisher's `/ws/ingest` connection to its end.
@@ -688,7 +695,7 @@ pub async fn serve_ingest(accepted: Accepted, node: Arc<Node>, publisher: Option
         key: publisher,
     };
     let end = serve(&mut link, &outbox, &node, &mut reader).await;
-    node.sweeper.forget(id.0);
+    closed(&node, id, &outbox);
     node.metrics.connection_closed(Endpoint::Ingest);
     tracing::info!(conn = id.0, endpoint = "ingest", reason = %end, "connection closed");
 }

@@ -15,10 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper_util::rt::TokioIo;
 use rust_embed::RustEmbed;
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -228,16 +226,9 @@ async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Respo
                 return;
             }
         };
-        // The server serves plain TCP streams (TLS ends at the proxy).
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Some(accepted) = Accepted::from_upgrade(upgraded, config, peer) else {
             tracing::warn!(%peer, "upgraded connection is not a TCP stream");
             return;
-        };
-        let accepted = Accepted {
-            tcp: Arc::new(parts.io.into_inner()),
-            prefix: parts.read_buf,
-            config,
-            peer,
         };
         run_connection(accepted, node, endpoint, identity, permit).await;
     });
@@ -329,14 +320,8 @@ async fn upgrade_echo(State(node): State<Arc<Node>>, mut req: Request) -> Respon
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Some(accepted) = Accepted::from_upgrade(upgraded, ws_config, peer) else {
             return;
-        };
-        let accepted = Accepted {
-            tcp: Arc::new(parts.io.into_inner()),
-            prefix: parts.read_buf,
-            config: ws_config,
-            peer,
         };
         crate::echo::serve(accepted, node).await;
         drop(permit);
