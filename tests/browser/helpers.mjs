@@ -194,19 +194,26 @@ export function tick(symbol, price, extra = {}) {
   return { type: 'market_update', symbol, price, change: 0.5, volume: 1000, ...extra };
 }
 
-// A TCP proxy between the page and the server. cut() destroys every open
-// connection (both sides) as a network failure would; block() answers new
-// WebSocket upgrades with 503 while plain HTTP (the page, polling) still
-// passes; unblock() lets them through again.
-export async function startProxy(targetPort) {
+// The open sockets of a relay: track(sock) adds one, which leaves the set
+// when it closes; its errors are expected (the relay cuts connections).
+function socketSet() {
   const sockets = new Set();
-  let blocked = false;
-  const counts = { upgrades: 0, refused: 0, cuts: 0 };
   const track = (sock) => {
     sockets.add(sock);
     sock.on('close', () => sockets.delete(sock));
     sock.on('error', () => {});
   };
+  return { sockets, track };
+}
+
+// A TCP proxy between the page and the server. cut() destroys every open
+// connection (both sides) as a network failure would; block() answers new
+// WebSocket upgrades with 503 while plain HTTP (the page, polling) still
+// passes; unblock() lets them through again.
+export async function startProxy(targetPort) {
+  const { sockets, track } = socketSet();
+  let blocked = false;
+  const counts = { upgrades: 0, refused: 0, cuts: 0 };
   const server = net.createServer((client) => {
     track(client);
     let head = Buffer.alloc(0);
@@ -382,14 +389,9 @@ export async function waitReady(server, timeout = 20000) {
 // to Redis). hold() makes new connections wait, unanswered, until release();
 // connections already relayed are not touched.
 export async function startTcpGate(targetPort) {
-  const sockets = new Set();
+  const { sockets, track } = socketSet();
   const waiting = [];
   let held = false;
-  const track = (sock) => {
-    sockets.add(sock);
-    sock.on('close', () => sockets.delete(sock));
-    sock.on('error', () => {});
-  };
   const server = net.createServer((client) => {
     track(client);
     client.pause();
