@@ -220,6 +220,7 @@ fn fanout_worker(c: &mut Criterion) {
                 max_unread_per_user: 1_000,
             },
             Arc::new(Metrics::new(false)),
+            Arc::new(tickwire::shutdown::Shutdown::default()),
         );
         let subs: Vec<Arc<Subscriber>> = (0..n).map(|_| subscriber(4_096)).collect();
         for s in &subs {
@@ -230,7 +231,7 @@ fn fanout_worker(c: &mut Criterion) {
                     symbol: symbol.clone(),
                     since: None,
                     fetched: None,
-                    max_frequency: None,
+                    min_interval: None,
                 },
             );
         }

@@ -124,7 +124,7 @@ impl Session {
             Command::Subscribe {
                 symbols,
                 since,
-                max_frequency,
+                min_interval,
             } => {
                 let forbidden: Vec<&str> = symbols
                     .iter()
@@ -154,7 +154,7 @@ impl Session {
                     let (sub, symbol) = (self.sub.clone(), symbol.clone());
                     let new = self.symbols.insert(symbol.clone());
                     // Already subscribed: a new max_frequency is all that can change.
-                    if !new && max_frequency.is_none() {
+                    if !new && min_interval.is_none() {
                         continue;
                     }
                     let since = if new { since.get(&symbol).copied() } else { None };
@@ -175,7 +175,7 @@ impl Session {
                             symbol,
                             since,
                             fetched,
-                            max_frequency,
+                            min_interval,
                         },
                     ));
                 }

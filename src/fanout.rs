@@ -46,6 +46,7 @@ use crate::protocol::{ErrorCode, ProtocolError, Seq, SignalType, StreamKey, Upda
 use crate::registry::{Member, Registry, SignalFilter, Subscriber, SubscriberId, Throttle};
 use crate::ring::Ring;
 use crate::sequencer::Sequencer;
+use crate::shutdown::Shutdown;
 
 /// Updates taken from the ring before writers are woken and publishers
 /// told there is room. Small enough to keep latency in microseconds.
@@ -117,8 +118,8 @@ pub enum Control {
         symbol: Arc<str>,
         since: Option<Seq>,
         fetched: Option<Fetched>,
-        /// At most this many updates per second of this symbol.
-        max_frequency: Option<f64>,
+        /// At most one update of this symbol per this interval.
+        min_interval: Option<Duration>,
     },
     Unsubscribe {
         id: SubscriberId,
@@ -180,6 +181,11 @@ pub enum Control {
         since: Seq,
         reply: oneshot::Sender<Frame>,
     },
+    /// Makes the worker panic, as a bug would. Only [`Fanout::inject_fault`]
+    /// sends it, for the test that proves a dead worker stops the node;
+    /// nothing a client or publisher sends can produce it.
+    #[doc(hidden)]
+    Fault,
 }
 
 pub type ShardRing = Ring<Inbound, Control>;
@@ -205,7 +211,10 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    pub fn start(config: FanoutConfig, metrics: Arc<Metrics>) -> Arc<Fanout> {
+    /// Starts one worker thread per shard. A worker that dies (a panic: a
+    /// bug) takes the node down through `shutdown`, rather than leaving
+    /// its streams silently undelivered while the node looks healthy.
+    pub fn start(config: FanoutConfig, metrics: Arc<Metrics>, shutdown: Arc<Shutdown>) -> Arc<Fanout> {
         let latest = Arc::new(DashMap::new());
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::with_capacity(config.shards);
@@ -227,10 +236,19 @@ impl Fanout {
                 timers: BinaryHeap::new(),
                 backlog: metrics.backlog.clone(),
             };
-            let stop = stop.clone();
+            let (stop, shutdown, own_ring) = (stop.clone(), shutdown.clone(), ring.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("fanout-{index}"))
-                .spawn(move || worker.run(parker, &stop))
+                .spawn(move || {
+                    let ran =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(parker, &stop)));
+                    if let Err(panic) = ran {
+                        own_ring.kill();
+                        let why = format!("fanout worker {index} died: {}", panic_message(&*panic));
+                        tracing::error!("{why}; the node stops so that its clients resume on another node");
+                        shutdown.fail(why);
+                    }
+                })
                 // Failing to start a thread at boot leaves nothing to run.
                 .expect("spawn fanout worker thread");
             shards.push(ring);
@@ -259,6 +277,12 @@ impl Fanout {
         self.shard_for(key).send_control(c);
     }
 
+    /// Makes the worker of `key`'s shard panic (see [`Control::Fault`]).
+    #[doc(hidden)]
+    pub fn inject_fault(&self, key: &StreamKey) {
+        self.control(key, Control::Fault);
+    }
+
     pub fn ring_depths(&self) -> Vec<usize> {
         self.shards.iter().map(|s| s.depth()).collect()
     }
@@ -273,6 +297,15 @@ impl Fanout {
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+/// The text of a panic's payload, for the log line of a dead worker.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic".to_string(),
     }
 }
 
@@ -432,7 +465,7 @@ impl Worker {
             };
             let Some(t) = &mut m.throttle else { continue };
             if let Some((frame, received_at)) = t.pending.take() {
-                t.next_at = now + t.interval;
+                t.sent(now);
                 push_one(m, &frame, received_at, Some(key), &mut self.wakes, &self.metrics);
             }
         }
@@ -511,7 +544,7 @@ impl Worker {
                                 t.pending = Some((frame.clone(), received_at));
                                 continue;
                             }
-                            t.next_at = now + t.interval;
+                            t.sent(now);
                         }
                         push_one(
                             m,
@@ -552,9 +585,9 @@ impl Worker {
                 symbol,
                 since,
                 fetched,
-                max_frequency,
+                min_interval,
             } => {
-                let throttle = max_frequency.map(Throttle::per_second);
+                let throttle = min_interval.map(|i| Throttle::every(i, Instant::now()));
                 if let Some(member) = self.registry.member_mut(&symbol, sub.id) {
                     // Already subscribed: only a new max_frequency changes anything.
                     if throttle.is_some() {
@@ -712,6 +745,7 @@ impl Worker {
                     .collect();
                 let _ = reply.send(encode::json_array(frames.iter()));
             }
+            Control::Fault => panic!("fault injected"),
         }
     }
 

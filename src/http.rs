@@ -73,10 +73,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/notifications", get(notifications))
         .route("/api/stats", get(stats))
         .route("/metrics", get(metrics))
-        .route(
-            "/health",
-            get(|| async { json_response(StatusCode::OK, json!({"status": "ok"})) }),
-        )
+        .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/", get(|| async { redirect("/websocket-test/") }))
         .route("/websocket-test", get(|| async { redirect("/websocket-test/") }))
@@ -584,6 +581,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         node.metrics.prometheus(&node.fanout.ring_depths()),
     )
         .into_response()
+}
+
+/// Liveness: 200 while the node can do its work, 503 once it failed (a
+/// fanout worker died) and is draining to exit.
+async fn health(State(node): State<Arc<Node>>) -> Response {
+    match node.shutdown.failure() {
+        Some(why) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "failed", "error": why}),
+        ),
+        None => json_response(StatusCode::OK, json!({"status": "ok"})),
+    }
 }
 
 async fn ready(State(node): State<Arc<Node>>) -> Response {

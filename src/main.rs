@@ -13,7 +13,16 @@ use tickwire::config::{parse_ttl, Cli, CliCommand, Config, LogFormat};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // Every fatal error is one line that names its subject.
+    if let Err(e) = run() {
+        tracing::error!("{e:#}");
+        eprintln!("tickwire: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = match Config::load(&cli.settings) {
         Ok(c) => c,
@@ -52,9 +61,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime
-        .block_on(tickwire::server::run(config))
-        .context("serving")?;
+    runtime.block_on(tickwire::server::run(config))?;
     Ok(())
 }
 

@@ -86,12 +86,23 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    pub fn per_second(max_frequency: f64) -> Throttle {
+    /// At most one update per `interval` (validated by the command decoder,
+    /// so at most a day), the first one at once.
+    pub fn every(interval: Duration, now: Instant) -> Throttle {
         Throttle {
-            interval: Duration::from_secs_f64(1.0 / max_frequency),
-            next_at: Instant::now(),
+            interval,
+            next_at: now,
             pending: None,
         }
+    }
+
+    /// Sent one at `now`: the next may go one interval later. Checked, so
+    /// that no interval can overflow the clock (it then waits a day).
+    pub fn sent(&mut self, now: Instant) {
+        self.next_at = now
+            .checked_add(self.interval)
+            .or_else(|| now.checked_add(crate::protocol::command::MAX_THROTTLE_INTERVAL))
+            .unwrap_or(now);
     }
 }
 

@@ -5,7 +5,12 @@
 //! takes effect before any update published after the acknowledgement.
 //! A full update queue makes publishers wait (backpressure); it never
 //! drops and never blocks the worker.
+//!
+//! A ring whose worker died is [`Ring::kill`]ed: pushes fail at once and
+//! controls are dropped, so that nobody waits on an answer that cannot
+//! come (a dropped control drops its reply sender).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crossbeam::queue::{ArrayQueue, SegQueue};
@@ -18,6 +23,8 @@ pub struct Ring<U, C> {
     wake_worker: Unparker,
     /// Publishers waiting for room in `updates`.
     space: Notify,
+    /// Set once the worker is gone.
+    dead: AtomicBool,
 }
 
 /// Publishing failed: the ring stayed full for the whole wait.
@@ -33,12 +40,16 @@ impl<U, C> Ring<U, C> {
             control: SegQueue::new(),
             wake_worker: parker.unparker().clone(),
             space: Notify::new(),
+            dead: AtomicBool::new(false),
         };
         (ring, parker)
     }
 
     /// Pushes an update, waiting up to `patience` for room.
     pub async fn push(&self, update: U, patience: Duration) -> Result<(), RingFull<U>> {
+        if self.is_dead() {
+            return Err(RingFull(update));
+        }
         let mut update = match self.updates.push(update) {
             Ok(()) => {
                 self.wake_worker.unpark();
@@ -59,7 +70,7 @@ impl<U, C> Ring<U, C> {
                 Err(u) => update = u,
             }
             self.wake_worker.unpark();
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
+            if tokio::time::timeout_at(deadline, room).await.is_err() || self.is_dead() {
                 return Err(RingFull(update));
             }
         }
@@ -67,6 +78,9 @@ impl<U, C> Ring<U, C> {
 
     /// Pushes an update without waiting (from a thread with no runtime).
     pub fn try_push(&self, update: U) -> Result<(), U> {
+        if self.is_dead() {
+            return Err(update);
+        }
         self.updates.push(update)?;
         self.wake_worker.unpark();
         Ok(())
@@ -74,7 +88,27 @@ impl<U, C> Ring<U, C> {
 
     pub fn send_control(&self, control: C) {
         self.control.push(control);
+        // Looked at after the push (SeqCst on both sides): either the dying
+        // worker's drain in `kill` sees this control, or this sees the flag
+        // and drains it itself.
+        if self.dead.load(Ordering::SeqCst) {
+            while self.control.pop().is_some() {}
+            return;
+        }
         self.wake_worker.unpark();
+    }
+
+    /// The worker is gone: refuse everything from now on, drop what waits,
+    /// and wake publishers waiting for room so that they give up.
+    pub fn kill(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        while self.control.pop().is_some() {}
+        while self.updates.pop().is_some() {}
+        self.space.notify_waiters();
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
     }
 
     // The worker's side.
@@ -133,6 +167,21 @@ mod tests {
             next_out += 1;
         }
         assert_eq!(next_out, 100);
+    }
+
+    #[tokio::test]
+    async fn a_killed_ring_refuses_updates_and_drops_controls() {
+        let (ring, _parker) = Ring::<u32, tokio::sync::oneshot::Sender<()>>::new(4);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ring.send_control(tx);
+        ring.push(1, Duration::from_secs(1)).await.unwrap();
+        ring.kill();
+        assert!(rx.await.is_err(), "a waiting question is answered by its drop");
+        assert!(ring.push(2, Duration::from_secs(5)).await.is_err());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ring.send_control(tx);
+        assert!(rx.await.is_err());
+        assert_eq!(ring.pop_update(), None);
     }
 
     #[tokio::test]

@@ -65,6 +65,7 @@ impl Drop for ConnectionPermit {
 impl Node {
     pub fn new(config: Config) -> Arc<Node> {
         let metrics = Arc::new(Metrics::new(config.redis_url.is_some()));
+        let shutdown = Arc::new(Shutdown::default());
         let fanout = Fanout::start(
             FanoutConfig {
                 shards: config.shards.get(),
@@ -74,6 +75,7 @@ impl Node {
                 max_unread_per_user: config.max_unread_per_user.get(),
             },
             metrics.clone(),
+            shutdown.clone(),
         );
         let replication = config.redis_url.as_ref().map(|url| {
             Arc::new(Replication::new(
@@ -91,7 +93,7 @@ impl Node {
             ingress,
             replication,
             metrics,
-            shutdown: Arc::new(Shutdown::default()),
+            shutdown,
             sweeper,
             open: AtomicUsize::new(0),
             per_ip: DashMap::new(),
@@ -172,17 +174,45 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     Ok(Running { addr, node, task })
 }
 
-/// Runs a node until SIGTERM or SIGINT, then drains.
-pub async fn run(config: Config) -> std::io::Result<()> {
-    let running = start(config).await?;
+/// Why a node stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs a node until SIGTERM or SIGINT, then drains. A node that failed
+/// (a fanout worker died) drains too, then returns the failure, so that
+/// the process exits non-zero and a supervisor restarts it.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let addr = config.listen;
+    let running = start(config)
+        .await
+        .map_err(|source| RunError::Listen { addr, source })?;
     let node = running.node.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutdown signal received: draining");
         node.shutdown.trigger();
     });
-    let _ = running.task.await;
-    Ok(())
+    running.finished().await
+}
+
+impl Running {
+    /// Waits until the node has stopped and drained; its failure, if it
+    /// stopped because of one.
+    pub async fn finished(self) -> Result<(), RunError> {
+        let _ = self.task.await;
+        match self.node.shutdown.failure() {
+            Some(why) => Err(RunError::Failed(why.to_string())),
+            None => Ok(()),
+        }
+    }
 }
 
 async fn wait_for_signal() {

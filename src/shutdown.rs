@@ -1,8 +1,12 @@
-//! The node-wide shutdown signal: set once (SIGTERM, SIGINT, or a test),
-//! awaited by the accept loop and by every connection, which then close
-//! their subscribers with 1001.
+//! The node-wide shutdown signal: set once (SIGTERM, SIGINT, a fatal
+//! failure, or a test), awaited by the accept loop and by every
+//! connection, which then close their subscribers with 1001. A fatal
+//! failure (a fanout worker died) also records why, so that `/health`
+//! fails and the process exits non-zero after draining: a node that can no
+//! longer deliver must not look alive, and its clients resume elsewhere.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use tokio::sync::Notify;
 
@@ -10,9 +14,22 @@ use tokio::sync::Notify;
 pub struct Shutdown {
     started: AtomicBool,
     notify: Notify,
+    /// Why the node failed, when it did; the first failure is kept.
+    failure: OnceLock<String>,
 }
 
 impl Shutdown {
+    /// The node can no longer do its work: record why, and shut down.
+    pub fn fail(&self, why: String) {
+        let _ = self.failure.set(why);
+        self.trigger();
+    }
+
+    /// Why the node failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
     pub fn trigger(&self) {
         // Release pairs with the Acquire in `is_triggered`.
         self.started.store(true, Ordering::Release);

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -20,8 +21,9 @@ pub enum Command {
         symbols: Vec<Arc<str>>,
         /// Last `seq` the client saw per symbol; only symbols of this command.
         since: HashMap<Arc<str>, Seq>,
-        /// Updates per second per symbol the client wants at most.
-        max_frequency: Option<f64>,
+        /// `max_frequency` as the shortest time between two updates of a
+        /// symbol; always representable, at most [`MAX_THROTTLE_INTERVAL`].
+        min_interval: Option<Duration>,
     },
     Unsubscribe {
         symbols: Vec<Arc<str>>,
@@ -125,12 +127,14 @@ fn decode_subscribe(obj: &Map<String, Value>) -> Result<Command, ProtocolError> 
     match obj.get("since") {
         None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
+            // One lookup per key: linear in the command, however many keys.
+            let named: HashMap<&str, &Arc<str>> = symbols.iter().map(|s| (&**s, s)).collect();
             for (symbol, seq) in map {
                 let seq = seq_of(seq).ok_or_else(|| {
                     ProtocolError::invalid("since", "maps each symbol to a non-negative integer")
                 })?;
-                if let Some(s) = symbols.iter().find(|s| ***s == **symbol) {
-                    since.insert(s.clone(), seq);
+                if let Some(s) = named.get(symbol.as_str()) {
+                    since.insert((*s).clone(), seq);
                 }
             }
         }
@@ -141,23 +145,37 @@ fn decode_subscribe(obj: &Map<String, Value>) -> Result<Command, ProtocolError> 
             ))
         }
     }
-    let max_frequency = match obj.get("max_frequency") {
+    let min_interval = match obj.get("max_frequency") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_f64() {
-            Some(f) if f > 0.0 && f.is_finite() => Some(f),
-            _ => {
-                return Err(ProtocolError::invalid(
-                    "max_frequency",
-                    "must be a positive number of updates per second",
-                ))
-            }
-        },
+        Some(v) => Some(v.as_f64().and_then(throttle_interval).ok_or_else(|| {
+            ProtocolError::invalid(
+                "max_frequency",
+                "must be a positive number of updates per second, at least one a day (1.2e-5)",
+            )
+        })?),
     };
     Ok(Command::Subscribe {
         symbols,
         since,
-        max_frequency,
+        min_interval,
     })
+}
+
+/// The longest interval `max_frequency` may ask for: one update a day.
+/// Longer ones would hold an update back for longer than any client waits,
+/// and past ~1e-19 updates/s they cannot be represented as a `Duration`
+/// or added to an `Instant` at all.
+pub const MAX_THROTTLE_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// The interval between two updates for `max_frequency` updates per
+/// second, or `None` when that is not a usable rate.
+pub fn throttle_interval(max_frequency: f64) -> Option<Duration> {
+    if !(max_frequency > 0.0 && max_frequency.is_finite()) {
+        return None;
+    }
+    Duration::try_from_secs_f64(1.0 / max_frequency)
+        .ok()
+        .filter(|d| *d <= MAX_THROTTLE_INTERVAL)
 }
 
 fn decode_filter(obj: &Map<String, Value>) -> Result<Command, ProtocolError> {
@@ -282,6 +300,45 @@ mod tests {
         assert_eq!(since.get("BTC-USD"), Some(&Seq(1041)));
         let c = cmd(r#"{"type":"subscribe","symbol":"BTC-USD"}"#, Endpoint::MarketData).unwrap();
         assert!(matches!(c, Command::Subscribe { symbols, .. } if symbols.len() == 1));
+    }
+
+    #[test]
+    fn max_frequency_must_be_a_representable_rate() {
+        let interval = |f: &str| {
+            let c = cmd(
+                &format!(r#"{{"type":"subscribe","symbols":["A"],"max_frequency":{f}}}"#),
+                Endpoint::MarketData,
+            );
+            match c {
+                Ok(Command::Subscribe { min_interval, .. }) => Ok(min_interval),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.code),
+            }
+        };
+        assert_eq!(interval("2"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(interval("1e300"), Ok(Some(Duration::ZERO)));
+        assert_eq!(
+            interval("0.0000116"),
+            Ok(Some(Duration::from_secs_f64(1.0 / 0.0000116)))
+        );
+        for bad in [
+            "0", "-0", "-1", "1e-20", "1e-19", "1e-300", "5e-324", "0.00001", "\"2\"", "[]",
+        ] {
+            assert_eq!(interval(bad), Err(ErrorCode::InvalidField), "{bad}");
+        }
+    }
+
+    #[test]
+    fn since_with_many_keys_keeps_only_the_commands_symbols() {
+        let symbols: Vec<String> = (0..1000).map(|i| format!("S{i}")).collect();
+        let since: serde_json::Map<String, Value> =
+            (0..6000).map(|i| (format!("S{i}"), Value::from(i))).collect();
+        let c = serde_json::json!({"type": "subscribe", "symbols": symbols, "since": since});
+        let Command::Subscribe { since, .. } = cmd(&c.to_string(), Endpoint::MarketData).unwrap() else {
+            panic!()
+        };
+        assert_eq!(since.len(), 1000);
+        assert_eq!(since.get("S999"), Some(&Seq(999)));
     }
 
     #[test]

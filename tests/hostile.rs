@@ -1,0 +1,256 @@
+//! Hostile input, round two (SECURITY.md): what a black-box attack found,
+//! one regression test per finding, over real sockets. Each asserts what
+//! the attacker's victims would check: the node still delivers, to the
+//! right people only, and tells the truth about its health.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use proptest::prelude::*;
+use serde_json::json;
+use tickwire::protocol::StreamKey;
+
+/// Numbers at the edges of what JSON carries.
+const EXTREMES: &[&str] = &[
+    "0",
+    "-0",
+    "-0.0",
+    "1e-300",
+    "1e300",
+    "5e-324",
+    "1e-20",
+    "1e-19",
+    "1.7976931348623157e308",
+    "-1.7976931348623157e308",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775808",
+    "9223372036854775807",
+];
+
+/// Every command of every endpoint with `N` standing for a number.
+const COMMANDS: &[(&str, &str)] = &[
+    (
+        "market-data",
+        r#"{"type":"subscribe","symbols":["X-1"],"max_frequency":N}"#,
+    ),
+    (
+        "market-data",
+        r#"{"type":"subscribe","symbols":["X-1"],"since":{"X-1":N}}"#,
+    ),
+    (
+        "market-data",
+        r#"{"type":"subscribe","symbols":["X-1"],"since":{"X-1":N},"max_frequency":N}"#,
+    ),
+    ("market-data", r#"{"type":"subscribe","symbol":N}"#),
+    ("market-data", r#"{"type":"unsubscribe","symbols":[N]}"#),
+    ("market-data", r#"{"type":"ping","id":N}"#),
+    (
+        "trading-signals",
+        r#"{"type":"filter","symbol":null,"signal_type":null,"since":N}"#,
+    ),
+    (
+        "trading-signals",
+        r#"{"type":"filter","symbol":N,"signal_type":N,"id":N}"#,
+    ),
+    (
+        "notifications",
+        r#"{"type":"mark_read","notification_id":N,"id":N}"#,
+    ),
+    ("notifications", r#"{"type":"ping","id":N}"#),
+];
+
+/// Every stream kind still reaches a fresh subscriber, and the node says
+/// it is healthy.
+async fn assert_delivers(s: &TestServer, round: usize) {
+    let symbol = format!("LIVE-{round}");
+    let mut market = s.market("checker", &[&symbol]).await;
+    let mut signals = s.connect("trading-signals", "checker").await;
+    signals.send(json!({"type": "ping"})).await;
+    signals.recv_type("pong").await;
+    let (mut notes, _) = s.notifications("checker").await;
+    s.publish_ok(json!([
+        market_update(&symbol, 1.0),
+        new_signal(&format!("sig-{round}"), &symbol, "BUY"),
+        notification("checker", &format!("n-{round}")),
+    ]))
+    .await;
+    assert_eq!(market.recv_type("market_update").await["symbol"], symbol.as_str());
+    assert_eq!(signals.recv_type("new_signal").await["symbol"], symbol.as_str());
+    notes.recv_type("new_notification").await;
+    let (status, _) = s.get("/health").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_with_extreme_numbers_leaves_the_node_delivering() {
+    // Hundreds of commands in a row: the rate limit is not what is tested.
+    let s = start_with(|o| {
+        o.commands_per_second = Some(100_000.0);
+        o.command_burst = Some(100_000);
+    })
+    .await;
+    let mut conns = std::collections::HashMap::new();
+    for endpoint in ["market-data", "trading-signals", "notifications"] {
+        let mut c = s.connect(endpoint, "attacker").await;
+        if endpoint == "notifications" {
+            c.recv_type("unread_notifications").await;
+        }
+        conns.insert(endpoint, c);
+    }
+    for (endpoint, template) in COMMANDS {
+        for n in EXTREMES {
+            let c = conns.get_mut(endpoint).unwrap();
+            c.send_text(template.replace('N', n)).await;
+            c.send(json!({"type": "ping", "id": "after"})).await;
+            // Every command is answered (an answer or an error), then the ping.
+            loop {
+                let v = c.recv().await;
+                if v["type"] == "pong" && v["id"] == "after" {
+                    break;
+                }
+            }
+        }
+    }
+    // Live updates for the symbol the attacker throttled: the next
+    // publish is where the second panic used to come.
+    s.publish_ok(json!([market_update("X-1", 1.0), market_update("X-1", 2.0)]))
+        .await;
+    assert_delivers(&s, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_frequency_with_no_representable_interval_is_refused_with_invalid_field() {
+    let s = start().await;
+    let mut c = s.connect("market-data", "alice").await;
+    for f in ["1e-20", "1e-19", "1e-300", "5e-324"] {
+        c.send_text(format!(
+            r#"{{"type":"subscribe","symbols":["BTC-USD"],"max_frequency":{f},"id":"{f}"}}"#
+        ))
+        .await;
+        let e = c.recv().await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("invalid_field")),
+            "{f}: {e}"
+        );
+        assert_eq!(e["id"], f);
+    }
+    c.send(json!({"type": "subscribe", "symbols": ["BTC-USD"], "max_frequency": 1e300}))
+        .await;
+    c.recv_type("subscribed").await;
+    s.publish_ok(json!([
+        market_update("BTC-USD", 1.0),
+        market_update("BTC-USD", 2.0)
+    ]))
+    .await;
+    assert_consecutive(&seqs(&mut c, "market_update", 2).await, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Any float a client can send as `max_frequency`, subnormals and
+    /// extremes included, is either refused or served; the node delivers.
+    #[test]
+    fn any_max_frequency_is_refused_or_served(f in any::<f64>().prop_filter("JSON has no NaN or infinity", |f| f.is_finite())) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let s = start().await;
+            let mut c = s.connect("market-data", "alice").await;
+            c.send_text(format!(r#"{{"type":"subscribe","symbols":["P"],"max_frequency":{f:e}}}"#)).await;
+            let answer = c.recv().await;
+            prop_assert!(answer["type"] == "subscribed" || answer["code"] == "invalid_field", "{}", answer);
+            s.publish_ok(json!([market_update("P", 1.0), market_update("P", 2.0)])).await;
+            assert_delivers(&s, 1).await;
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_fanout_worker_takes_the_node_down_instead_of_leaving_a_zombie() {
+    let config = tickwire::config::Config::from_raw(tickwire::config::RawConfig::default(), &overrides())
+        .expect("test config is valid");
+    let running = tickwire::server::start(config).await.expect("bind");
+    let api = Api {
+        addr: running.addr,
+        http: reqwest::Client::new(),
+    };
+    let mut sub = api.market("alice", &["BTC-USD"]).await;
+    let node = running.node.clone();
+    node.fanout.inject_fault(&StreamKey::Symbol("BTC-USD".into()));
+
+    // The node says it failed (or, once it stopped listening, is gone)...
+    let mut health = None;
+    for _ in 0..200 {
+        match api.http.get(api.url("/health")).send().await {
+            Ok(r) if r.status() == 200 => {}
+            Ok(r) => {
+                health = Some((r.status().as_u16(), r.text().await.unwrap_or_default()));
+                break;
+            }
+            Err(_) => {
+                health = Some((0, "connection refused".into()));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, text) = health.expect("/health stopped answering 200");
+    assert!(status == 503 || status == 0, "{status} {text}");
+    if status == 503 {
+        assert!(text.contains("fanout worker"), "{text}");
+    }
+    assert!(node
+        .shutdown
+        .failure()
+        .is_some_and(|w| w.contains("fanout worker 0") || w.contains("fanout worker")));
+    // ...closes its subscribers so that they resume elsewhere...
+    let closed = sub.closed().await;
+    assert_eq!(closed.code, Some(1001));
+    // ...and ends with the failure, which the binary turns into a non-zero exit.
+    let ended = tokio::time::timeout(Duration::from_secs(30), running.finished())
+        .await
+        .expect("the node stops within its drain time");
+    let err = ended.expect_err("a failed node does not end cleanly");
+    assert!(err.to_string().contains("fanout worker"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn questions_and_publishes_for_a_dead_shard_are_answered_not_left_hanging() {
+    let s = start_with(|o| o.shards = Some(1)).await;
+    s.node.fanout.inject_fault(&StreamKey::Signals);
+    for _ in 0..200 {
+        if s.node.shutdown.failure().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    s.node.fanout.control(
+        &StreamKey::Signals,
+        tickwire::fanout::Control::QuerySignals {
+            filter: Default::default(),
+            access: tickwire::auth::SymbolAccess::All,
+            since: tickwire::protocol::Seq(0),
+            reply,
+        },
+    );
+    let answered = tokio::time::timeout(WAIT, answer)
+        .await
+        .expect("answered at once");
+    assert!(answered.is_err(), "a dead shard has no answer, and says so");
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(1),
+        s.node
+            .ingress
+            .publish(market_update("A", 1.0).to_string().as_bytes()),
+    )
+    .await
+    .expect("a publish to a dead shard does not wait out its patience")
+    .unwrap();
+    assert_eq!((outcome.accepted, outcome.overloaded), (0, 1));
+}
