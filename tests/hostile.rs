@@ -254,3 +254,118 @@ async fn questions_and_publishes_for_a_dead_shard_are_answered_not_left_hanging(
     .unwrap();
     assert_eq!((outcome.accepted, outcome.overloaded), (0, 1));
 }
+
+/// What each token sees of one run of `shapes` published to `node`:
+/// every message of its trading-signals and market-data sockets, and what
+/// `/api/signals` lists for it.
+async fn deliveries(node: &Api, shapes: &[serde_json::Value]) -> Vec<(String, Vec<serde_json::Value>)> {
+    let tokens = [
+        (
+            "eth-only",
+            token_with("eth-only", Some(&["ETH-*"]), Duration::from_secs(600)),
+        ),
+        ("everything", token("everything")),
+    ];
+    let mut clients = Vec::new();
+    for (name, t) in &tokens {
+        let signals = node.connect_token("trading-signals", t).await;
+        let mut market = node.connect_token("market-data", t).await;
+        let allowed = if *name == "eth-only" {
+            vec!["ETH-USD"]
+        } else {
+            vec!["ETH-USD", "BTC-USD"]
+        };
+        market
+            .send(json!({"type": "subscribe", "symbols": allowed}))
+            .await;
+        market.recv_type("subscribed").await;
+        clients.push((name.to_string(), t.clone(), signals, market));
+    }
+    for shape in shapes {
+        let (status, body) = node.publish(shape.clone()).await;
+        assert_eq!(status, 202, "{shape}: {body}");
+    }
+    // A last marker per socket kind, so that a reader knows it has all.
+    node.publish(json!([
+        {"type": "new_signal", "signal_id": "end", "symbol": "ETH-USD", "signal_type": "HOLD", "timestamp": "2024-01-01T00:00:00Z"},
+        {"type": "market_update", "symbol": "ETH-USD", "price": 0, "timestamp": "2024-01-01T00:00:00Z"},
+    ]))
+    .await;
+    let mut seen = Vec::new();
+    for (name, t, mut signals, mut market) in clients {
+        let mut got = Vec::new();
+        loop {
+            let m = signals.recv().await;
+            let end = m["signal_id"] == "end";
+            got.push(m);
+            if end {
+                break;
+            }
+        }
+        loop {
+            let m = market.recv().await;
+            let end = m["price"] == 0;
+            got.push(m);
+            if end {
+                break;
+            }
+        }
+        let listed: serde_json::Value = node
+            .http
+            .get(node.url("/api/signals"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        got.push(listed);
+        seen.push((name, got));
+    }
+    seen
+}
+
+/// `null` for a field the server reads means absent, the same in both
+/// modes: a `signal_update` with `"symbol": null` keeps its signal's
+/// symbol (and so its audience), and `user_id` reaches no browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_publishes_reach_the_same_tokens_in_embedded_and_cluster_mode() {
+    let ts = "2024-01-15T10:30:00Z";
+    let shapes = vec![
+        json!({"type": "new_signal", "signal_id": "s-eth", "symbol": "ETH-USD", "signal_type": "BUY", "confidence_score": 80, "timestamp": ts, "user_id": "trader-1"}),
+        json!({"type": "new_signal", "signal_id": "s-btc", "symbol": "BTC-USD", "signal_type": "SELL", "timestamp": ts}),
+        json!({"type": "signal_update", "signal_id": "s-btc", "symbol": null, "confidence_score": 50, "timestamp": ts}),
+        json!({"type": "signal_update", "signal_id": "s-btc", "target_price": 1.5, "timestamp": ts}),
+        json!({"type": "signal_update", "signal_id": "s-eth", "symbol": null, "signal_type": null, "stop_loss": null, "timestamp": ts}),
+        json!({"type": "market_update", "symbol": "BTC-USD", "price": 1, "change": null, "user_id": "trader-1", "timestamp": ts}),
+        json!({"type": "market_update", "symbol": "ETH-USD", "price": 2, "volume": null, "timestamp": ts}),
+    ];
+    let embedded = NodeProc::start(&[]);
+    let redis = Redis::start();
+    let cluster = NodeProc::start(&["--redis", &redis.url()]);
+    cluster.wait_ready(200).await;
+    let a = deliveries(&embedded, &shapes).await;
+    let b = deliveries(&cluster, &shapes).await;
+    assert_eq!(a, b, "embedded and cluster mode deliver differently");
+    for (name, got) in &a {
+        let text = serde_json::to_string(got).unwrap();
+        assert!(!text.contains("user_id"), "{name}: {text}");
+        if name == "eth-only" {
+            assert!(
+                !text.contains("BTC-USD") && !text.contains("s-btc"),
+                "eth-only sees BTC: {text}"
+            );
+        }
+    }
+    let everything = &a.iter().find(|(n, _)| n == "everything").unwrap().1;
+    let btc_updates = everything
+        .iter()
+        .filter(|m| m["type"] == "signal_update" && m["signal_id"] == "s-btc")
+        .collect::<Vec<_>>();
+    assert_eq!(btc_updates.len(), 2);
+    assert!(
+        btc_updates.iter().all(|m| m["symbol"] == "BTC-USD"),
+        "{btc_updates:?}"
+    );
+}

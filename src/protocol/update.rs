@@ -3,7 +3,10 @@
 //! them; each entry is judged alone, so one bad entry never spoils the
 //! valid ones beside it. What a publisher set is kept as published (its
 //! numbers, its strings, its extra fields), except `seq`, which only the
-//! sequencer gives, and `user_id`, which never reaches a browser.
+//! sequencer gives, and `user_id`, which never reaches a browser, on any
+//! message type. A `null` in a field this server reads means the field is
+//! absent (a Python back end sends `None` for what it leaves out), so
+//! both modes route and complete such a message the same way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,6 +61,8 @@ pub fn decode_entry(value: Value) -> Result<Update, ProtocolError> {
         Some(_) => return Err(ProtocolError::invalid("type", "must be a string")),
     };
     body.remove("seq");
+    body.retain(|k, v| !(v.is_null() && READ_FIELDS.contains(&k.as_str())));
+    let user_id = body.remove("user_id");
     match body.get("timestamp") {
         None | Some(Value::Null) => {
             body.insert("timestamp".into(), Value::String(now_rfc3339()));
@@ -68,9 +73,31 @@ pub fn decode_entry(value: Value) -> Result<Update, ProtocolError> {
     match kind {
         UpdateKind::MarketUpdate => market_update(body),
         UpdateKind::NewSignal | UpdateKind::SignalUpdate => signal(kind, body),
-        UpdateKind::NewNotification => notification(body),
+        UpdateKind::NewNotification => notification(body, user_id),
     }
 }
+
+/// The fields the server reads: a `null` in one of them is dropped as if
+/// it had been left out. Other fields are forwarded as published.
+const READ_FIELDS: &[&str] = &[
+    "symbol",
+    "price",
+    "change",
+    "volume",
+    "signal_id",
+    "signal_type",
+    "strength",
+    "confidence_score",
+    "entry_price",
+    "target_price",
+    "stop_loss",
+    "notification_id",
+    "title",
+    "message",
+    "notification_type",
+    "priority",
+    "timestamp",
+];
 
 fn market_update(body: Map<String, Value>) -> Result<Update, ProtocolError> {
     let symbol = required_name(&body, "symbol")?;
@@ -126,8 +153,8 @@ fn signal(kind: UpdateKind, body: Map<String, Value>) -> Result<Update, Protocol
     })
 }
 
-fn notification(mut body: Map<String, Value>) -> Result<Update, ProtocolError> {
-    let user = match body.remove("user_id") {
+fn notification(mut body: Map<String, Value>, user_id: Option<Value>) -> Result<Update, ProtocolError> {
+    let user = match user_id {
         None | Some(Value::Null) => return Err(ProtocolError::missing("user_id")),
         Some(v) => notification_key(&v)
             .ok_or_else(|| ProtocolError::invalid("user_id", "must be a string or an integer"))?,
@@ -256,6 +283,37 @@ mod tests {
         let u = one(r#"{"type":"new_notification","user_id":"alice","notification_id":"n1"}"#).unwrap();
         assert_eq!(u.stream, StreamKey::User("alice".into()));
         assert!(!u.body.contains_key("user_id"));
+    }
+
+    #[test]
+    fn user_id_is_stripped_from_every_kind() {
+        for s in [
+            r#"{"type":"market_update","symbol":"A","price":1,"user_id":"u"}"#,
+            r#"{"type":"new_signal","signal_id":"s","symbol":"A","signal_type":"BUY","user_id":7}"#,
+            r#"{"type":"signal_update","signal_id":"s","user_id":"u"}"#,
+        ] {
+            assert!(!one(s).unwrap().body.contains_key("user_id"), "{s}");
+        }
+    }
+
+    #[test]
+    fn null_means_absent_in_the_fields_the_server_reads() {
+        let u = one(r#"{"type":"signal_update","signal_id":"s","symbol":null,"signal_type":null,"confidence_score":null,"note":null}"#).unwrap();
+        assert_eq!((u.symbol, u.signal_type), (None, None));
+        assert!(!u.body.contains_key("symbol") && !u.body.contains_key("signal_type"));
+        assert!(!u.body.contains_key("confidence_score"));
+        assert_eq!(
+            u.body["note"],
+            Value::Null,
+            "other fields are forwarded as published"
+        );
+        let u =
+            one(r#"{"type":"market_update","symbol":"A","price":1,"change":null,"volume":null}"#).unwrap();
+        assert!(!u.body.contains_key("change") && !u.body.contains_key("volume"));
+        assert_eq!(
+            one(r#"{"type":"market_update","symbol":null,"price":1}"#).unwrap_err(),
+            ProtocolError::missing("symbol")
+        );
     }
 
     #[test]
