@@ -34,6 +34,8 @@ pub enum AuthError {
     MissingClaim(&'static str),
     #[error("the token's `{0}` claim is invalid")]
     InvalidClaim(&'static str),
+    #[error("the token lives longer than this server allows (auth.max_token_ttl_secs = {0})")]
+    TooLongLived(u64),
     #[error("origin {0} may not use a cookie token")]
     OriginNotAllowed(String),
     #[error("invalid API key")]
@@ -222,6 +224,25 @@ pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AuthE
     Err(AuthError::OriginNotAllowed(origin.chars().take(100).collect()))
 }
 
+/// [`verify`], and refuses a token whose `exp` lies more than `max_ttl`
+/// after `now`: a token must not be valid (almost) forever.
+pub fn verify_within(
+    token: &str,
+    secret: &[u8],
+    now: SystemTime,
+    max_ttl: Duration,
+) -> Result<Identity, AuthError> {
+    let identity = verify(token, secret, now)?;
+    let left = identity
+        .expires_at
+        .and_then(|at| at.duration_since(now).ok())
+        .unwrap_or_default();
+    if left > max_ttl {
+        return Err(AuthError::TooLongLived(max_ttl.as_secs()));
+    }
+    Ok(identity)
+}
+
 /// Checks an HS256 JWT against `secret` at time `now`.
 pub fn verify(token: &str, secret: &[u8], now: SystemTime) -> Result<Identity, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
@@ -248,7 +269,13 @@ pub fn verify(token: &str, secret: &[u8], now: SystemTime) -> Result<Identity, A
 
     let claims: serde_json::Value = decode_part(payload)?;
     let user: Arc<str> = match claims.get("sub") {
-        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => Arc::from(s.as_str()),
+        // No control characters: a user id ends up in logs and keys, where
+        // a newline or an escape sequence could forge or hide a line.
+        Some(serde_json::Value::String(s))
+            if !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control) =>
+        {
+            Arc::from(s.as_str())
+        }
         Some(serde_json::Value::Number(n)) if n.is_u64() || n.is_i64() => Arc::from(n.to_string()),
         None => return Err(AuthError::MissingClaim("sub")),
         Some(_) => return Err(AuthError::InvalidClaim("sub")),

@@ -143,6 +143,15 @@ pub struct Overrides {
     /// Frames a subscriber's outbound queue holds before it is cut as a slow consumer.
     #[arg(long, env = "TICKWIRE_OUTBOUND_QUEUE_FRAMES", global = true)]
     pub outbound_queue_frames: Option<usize>,
+    /// Bytes a connection's outbound queue holds, control frames and answers included.
+    #[arg(long, env = "TICKWIRE_OUTBOUND_QUEUE_BYTES", global = true)]
+    pub outbound_queue_bytes: Option<usize>,
+    /// The longest lifetime a subscriber token may have (its exp minus now), in seconds.
+    #[arg(long, env = "TICKWIRE_MAX_TOKEN_TTL_SECS", global = true)]
+    pub max_token_ttl_secs: Option<f64>,
+    /// How long a publish's Idempotency-Key (or publish_id) is remembered, in seconds.
+    #[arg(long, env = "TICKWIRE_IDEMPOTENCY_WINDOW_SECS", global = true)]
+    pub idempotency_window_secs: Option<f64>,
     /// What a full market-data queue does: conflate (keep the latest of each symbol) or close (4002).
     #[arg(long, env = "TICKWIRE_MARKET_DATA_OVERFLOW", global = true)]
     pub market_data_overflow: Option<String>,
@@ -217,6 +226,7 @@ pub struct RawAuth {
     pub api_keys: Option<Vec<String>>,
     pub allowed_origins: Option<Vec<String>>,
     pub allow_anonymous_market_data: Option<bool>,
+    pub max_token_ttl_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,9 +241,11 @@ pub struct RawLimits {
     pub command_burst: Option<u32>,
     pub rate_limit_strikes: Option<u32>,
     pub outbound_queue_frames: Option<usize>,
+    pub outbound_queue_bytes: Option<usize>,
     pub market_data_overflow: Option<String>,
     pub publishes_per_second_per_key: Option<f64>,
     pub publish_burst: Option<u32>,
+    pub idempotency_window_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +289,8 @@ pub struct Config {
     pub api_keys: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub allow_anonymous_market_data: bool,
+    /// Tokens whose `exp` lies further ahead than this are refused.
+    pub max_token_ttl: Duration,
     pub max_connections: NonZeroUsize,
     /// `None`: no per-IP limit.
     pub max_connections_per_ip: Option<NonZeroUsize>,
@@ -287,10 +301,14 @@ pub struct Config {
     pub command_burst: u32,
     pub rate_limit_strikes: u32,
     pub outbound_queue_frames: NonZeroUsize,
+    /// The same queue's bound in bytes (payloads, answers and control frames).
+    pub outbound_queue_bytes: NonZeroUsize,
     pub market_data_overflow: Overflow,
     /// `None`: publishers are not rate limited.
     pub publishes_per_second_per_key: Option<f64>,
     pub publish_burst: u32,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_window: Duration,
     pub history_messages: NonZeroUsize,
     pub history_max_age: Duration,
     pub max_unread_per_user: NonZeroUsize,
@@ -421,6 +439,23 @@ impl Config {
         if max_message_bytes.get() < 256 {
             return Err(invalid("limits.max_message_bytes", "must be at least 256"));
         }
+        let outbound_queue_bytes = nonzero(
+            "limits.outbound_queue_bytes",
+            pick(&o.outbound_queue_bytes, l.outbound_queue_bytes, 8 * 1024 * 1024),
+        )?;
+        if outbound_queue_bytes.get() < 2 * max_publish_bytes.get() {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                format!(
+                    "must be at least twice limits.max_publish_bytes ({}), so that any update fits",
+                    2 * max_publish_bytes.get()
+                ),
+            ));
+        }
+        let rate_limit_strikes = pick(&o.rate_limit_strikes, l.rate_limit_strikes, 20);
+        if rate_limit_strikes == 0 {
+            return Err(invalid("limits.rate_limit_strikes", "must be at least 1"));
+        }
         Ok(Config {
             listen,
             drain_timeout: secs(
@@ -461,7 +496,16 @@ impl Config {
             )?,
             commands_per_second,
             command_burst,
-            rate_limit_strikes: pick(&o.rate_limit_strikes, l.rate_limit_strikes, 20).max(1),
+            rate_limit_strikes,
+            outbound_queue_bytes,
+            idempotency_window: secs(
+                "limits.idempotency_window_secs",
+                pick(&o.idempotency_window_secs, l.idempotency_window_secs, 300.0),
+            )?,
+            max_token_ttl: secs(
+                "auth.max_token_ttl_secs",
+                pick(&o.max_token_ttl_secs, raw.auth.max_token_ttl_secs, 86_400.0),
+            )?,
             outbound_queue_frames: nonzero(
                 "limits.outbound_queue_frames",
                 pick(&o.outbound_queue_frames, l.outbound_queue_frames, 4096),

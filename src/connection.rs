@@ -29,7 +29,7 @@ use crate::limit::TokenBucket;
 use crate::outbox::{CloseReason, Outbox, Outgoing, Overflow};
 use crate::protocol::command::{self, Command};
 use crate::protocol::encode::{self, Frame};
-use crate::protocol::{Endpoint, ErrorCode, ProtocolError, StreamKey};
+use crate::protocol::{Endpoint, ErrorCode, LogSafe, ProtocolError, StreamKey};
 use crate::registry::{SignalFilter, Subscriber, SubscriberId};
 use crate::server::Node;
 use crate::sweep::WRITE_TIMEOUT;
@@ -593,7 +593,7 @@ pub async fn serve_subscriber(accepted: Accepted, node: Arc<Node>, endpoint: End
         access: identity.symbols.clone(),
     });
     let opened = Instant::now();
-    tracing::info!(conn = id.0, endpoint = endpoint.name(), user = %identity.user, %peer, "connection opened");
+    tracing::info!(conn = id.0, endpoint = endpoint.name(), user = %LogSafe(&identity.user), %peer, "connection opened");
     node.metrics.connection_opened(endpoint);
     node.sweeper
         .watch(id.0, outbox.clone(), identity.expires_at, &node.shutdown);
@@ -620,7 +620,7 @@ pub async fn serve_subscriber(accepted: Accepted, node: Arc<Node>, endpoint: End
     tracing::info!(
         conn = id.0,
         endpoint = endpoint.name(),
-        user = %session.identity.user,
+        user = %LogSafe(&session.identity.user),
         reason = %end,
         secs = opened.elapsed().as_secs_f64(),
         "connection closed"

@@ -145,7 +145,12 @@ fn authenticate(
     if source == TokenSource::Cookie {
         auth::check_origin(headers, &node.config.allowed_origins)?;
     }
-    auth::verify(&token, node.config.jwt_secret.as_bytes(), SystemTime::now())
+    auth::verify_within(
+        &token,
+        node.config.jwt_secret.as_bytes(),
+        SystemTime::now(),
+        node.config.max_token_ttl,
+    )
 }
 
 fn auth_failure(node: &Node, e: AuthError) -> Response {

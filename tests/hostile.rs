@@ -369,3 +369,64 @@ async fn the_same_publishes_reach_the_same_tokens_in_embedded_and_cluster_mode()
         "{btc_updates:?}"
     );
 }
+
+/// A token signed with the test secret over any claims.
+fn signed(claims: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::Mac;
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+fn hour_from_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600
+}
+
+/// A signed `sub` with a newline and an escape sequence cannot open a
+/// socket (so cannot forge a log line), and no token lives forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_sub_and_endless_tokens_are_refused_with_401() {
+    let node = NodeProc::start(&["--max-token-ttl-secs", "7200"]);
+    let exp = hour_from_now();
+    let forged =
+        format!(r#"{{"sub":"eve\n2026-12-03T00:00:00Z  INFO tickwire: forged line\u001b[2J","exp":{exp}}}"#);
+    let endless = r#"{"sub":"eve","exp":1e300}"#.to_string();
+    let too_long = format!(r#"{{"sub":"eve","exp":{}}}"#, exp + 7200);
+    for (what, claims) in [
+        ("control characters", forged),
+        ("exp 1e300", endless),
+        ("past the cap", too_long),
+    ] {
+        let url = format!("ws://{}/ws/market-data/?token={}", node.addr, signed(&claims));
+        match node.connect_url(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), 401, "{what}")
+            }
+            Err(e) => panic!("{what}: {e}"),
+            Ok(_) => panic!("{what}: a socket was opened"),
+        }
+    }
+    // Within the cap, the same shape is fine.
+    let fine = signed(&format!(r#"{{"sub":"eve","exp":{exp}}}"#));
+    let mut c = node
+        .connect_url(&format!("ws://{}/ws/market-data/?token={fine}", node.addr))
+        .await
+        .expect("a token within the cap opens a socket");
+    c.send(json!({"type": "ping"})).await;
+    c.recv_type("pong").await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = node.logs();
+    assert!(!logs.lines().any(|l| l.contains("forged line")), "{logs}");
+}

@@ -197,6 +197,24 @@ pub const MAX_NAME_BYTES: usize = 128;
 /// A symbol, user id or notification id: non-empty, at most
 /// [`MAX_NAME_BYTES`], no whitespace or control characters, no `*` (which
 /// is reserved for token patterns).
+/// A string that came from outside (a user id, a client's text), shown
+/// in a log line with its control characters escaped (`\n`, `\u{1b}`), so
+/// that it can neither forge a line nor drive a terminal.
+pub struct LogSafe<'a>(pub &'a str);
+
+impl fmt::Display for LogSafe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                f.write_fmt(format_args!("{c}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME_BYTES
@@ -278,6 +296,12 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_safe_escapes_control_characters() {
+        let shown = LogSafe("eve\n2026-01-01 INFO forged\u{1b}[31m").to_string();
+        assert_eq!(shown, "eve\\n2026-01-01 INFO forged\\u{1b}[31m");
+    }
 
     #[test]
     fn names_refuse_whitespace_wildcards_and_empties() {
