@@ -132,9 +132,15 @@ impl Session {
                     .map(|s| &**s)
                     .collect();
                 if !forbidden.is_empty() {
+                    // A few names, not a copy of a huge command.
+                    let named = forbidden.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+                    let more = match forbidden.len() {
+                        n if n > 5 => format!(" and {} more", n - 5),
+                        _ => String::new(),
+                    };
                     return Err(ProtocolError::new(
                         ErrorCode::Forbidden,
-                        format!("your token does not allow {}", forbidden.join(", ")),
+                        format!("your token does not allow {named}{more}"),
                     ));
                 }
                 let new = symbols.iter().filter(|s| !self.symbols.contains(*s)).count();
@@ -421,7 +427,10 @@ impl Link {
         if let Some(t) = wrote.oldest {
             node.metrics.publish_to_write.record(t.elapsed());
         }
-        node.sweeper.stalled(&outbox.watch, !wrote.done);
+        node.sweeper.wrote(&outbox.watch, wrote.progressed, wrote.done);
+        if wrote.progressed && outbox.is_stuck() {
+            outbox.set_stuck(false);
+        }
         if wrote.done {
             outbox.written();
             // A burst grew the queue; keep what a usual batch needs, so that
@@ -538,13 +547,15 @@ async fn serve_open(link: &mut Link, outbox: &Outbox, node: &Node, reader: &mut 
                 continue;
             }
         }
+        // A client whose socket takes nothing is not read from either: its
+        // commands and pings would only queue answers it does not take.
         let stalled = !link.batch.is_empty();
         // Shutdown, like every timeout, arrives as a close in the outbox.
         tokio::select! {
             biased;
             _ = link.tcp.writable(), if stalled => {}
             _ = outbox.notified() => {}
-            msg = link.ws.next() => {
+            msg = link.ws.next(), if !stalled => {
                 node.sweeper.heard(&outbox.watch);
                 match msg {
                     None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
@@ -586,7 +597,10 @@ pub async fn serve_subscriber(accepted: Accepted, node: Arc<Node>, endpoint: End
         _ => Overflow::Close,
     };
     let capacity = node.config.outbound_queue_frames.get();
-    let outbox = Arc::new(Outbox::counted(capacity, overflow, node.metrics.backlog.clone()));
+    let outbox = Arc::new(
+        Outbox::counted(capacity, overflow, node.metrics.backlog.clone())
+            .with_max_bytes(node.config.outbound_queue_bytes.get()),
+    );
     let sub = Arc::new(Subscriber {
         id,
         outbox: outbox.clone(),
@@ -683,10 +697,10 @@ pub async fn serve_ingest(accepted: Accepted, node: Arc<Node>, publisher: Option
     let id = SubscriberId::next();
     tracing::info!(conn = id.0, endpoint = "ingest", peer = %accepted.peer, "connection opened");
     node.metrics.connection_opened(Endpoint::Ingest);
-    let outbox = Arc::new(Outbox::new(
-        node.config.outbound_queue_frames.get(),
-        Overflow::Close,
-    ));
+    let outbox = Arc::new(
+        Outbox::new(node.config.outbound_queue_frames.get(), Overflow::Close)
+            .with_max_bytes(node.config.outbound_queue_bytes.get()),
+    );
     node.sweeper.watch(id.0, outbox.clone(), None, &node.shutdown);
     let mut link = Link::new(accepted, outbox.clone()).await;
     let mut reader = Publisher {

@@ -27,7 +27,7 @@ impl Reader for Echo {
     }
 
     async fn on_binary(&mut self, data: &[u8]) -> Option<CloseReason> {
-        self.outbox.push_raw(wire::binary_frame(data));
+        let _ = self.outbox.push_raw(wire::binary_frame(data));
         None
     }
 }

@@ -7,10 +7,20 @@
 //! symbol, so a lagging client still shows current prices. The queue
 //! starts with no allocation, so an idle subscriber costs only this struct.
 //!
+//! The queue is bounded in frames and in bytes, and everything counts:
+//! updates, answers to commands, and the control frames the connection
+//! sends by itself (a pending pong is replaced by a newer one, as RFC 6455
+//! allows). So no client, reading or not, can grow the server's memory
+//! past its queue.
+//!
 //! A lagging minority is handled by each one's policy; a lagging majority
 //! means the server itself is behind. [`Backlog`] tells the two apart, and
 //! fanout stops taking updates while it says so (back-pressure), instead
-//! of filling every queue to its limit.
+//! of filling every queue to its limit. A subscriber whose socket stays
+//! full with no progress (the sweeper marks it *stuck*: its client stopped
+//! reading) is never counted there: back-pressure answers a machine that
+//! cannot keep up, not a client that stopped reading, which its own policy
+//! conflates or cuts.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -130,6 +140,9 @@ pub const BEHIND_FRAMES: usize = 256;
 /// minority, which conflation or the slow-consumer close deals with alone.
 pub const SATURATED_MIN_BEHIND: usize = 16;
 
+/// The default bound of a queue in bytes (`limits.outbound_queue_bytes`).
+pub const DEFAULT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+
 /// How far behind the node's subscribers are, counted by their outboxes:
 /// the signal for back-pressure from subscribers to publishers.
 #[derive(Debug, Default)]
@@ -214,6 +227,11 @@ struct State {
     socket: Option<Arc<TcpStream>>,
     /// Counted as behind in the [`Backlog`].
     behind: bool,
+    /// Payload bytes of `frames`.
+    bytes: usize,
+    /// The client stopped reading (see [`Outbox::set_stuck`]): not counted
+    /// as behind, whatever waits.
+    stuck: bool,
 }
 
 pub struct Outbox {
@@ -229,6 +247,10 @@ pub struct Outbox {
     backlog: Option<Arc<Backlog>>,
     /// Frames waiting from which it counts as behind.
     behind_at: usize,
+    /// The queue's bound in bytes.
+    max_bytes: usize,
+    /// A copy of `State::stuck` that the write path reads without the lock.
+    stuck_hint: AtomicBool,
     /// The connection's clocks, kept by the node's sweeper.
     pub watch: Watch,
 }
@@ -238,20 +260,44 @@ impl State {
     /// returns how many were dropped.
     fn conflate(&mut self) -> usize {
         let before = self.frames.len();
+        // A partly written first frame must stay whole.
+        let keep_first = self.offset > 0;
         let mut seen: HashSet<ConflationKey> = HashSet::new();
         let mut kept = VecDeque::with_capacity(before);
-        for o in self.frames.drain(..).rev() {
+        let last = before.saturating_sub(1);
+        for (i, o) in self.frames.drain(..).rev().enumerate() {
             let newest = match o.key {
                 Some(k) => seen.insert(k),
                 None => true,
             };
-            if newest {
+            if newest || (keep_first && i == last) {
                 kept.push_front(o);
             }
         }
         self.frames = kept;
+        self.bytes = self.frames.iter().map(|o| o.bytes.len()).sum();
         before - self.frames.len()
     }
+
+    /// Whether one more frame of `len` bytes would pass a bound.
+    fn full_for(&self, len: usize, capacity: usize, max_bytes: usize) -> bool {
+        self.frames.len() >= capacity || self.bytes + len > max_bytes
+    }
+
+    /// Where a lone pong frame waits, still untouched by any write.
+    fn pending_pong(&self) -> Option<usize> {
+        let i = self
+            .frames
+            .iter()
+            .rposition(|o| o.raw && is_lone_pong(&o.bytes))?;
+        (i > 0 || self.offset == 0).then_some(i)
+    }
+}
+
+/// A whole pong frame and nothing else (tungstenite hands over whatever it
+/// flushes at once, which may hold more than one frame).
+fn is_lone_pong(b: &[u8]) -> bool {
+    b.len() >= 2 && b[0] == 0x8a && b[1] < 126 && b.len() == 2 + b[1] as usize
 }
 
 impl Outbox {
@@ -275,15 +321,23 @@ impl Outbox {
             overflow,
             backlog,
             behind_at: (capacity / 4).clamp(1, BEHIND_FRAMES),
+            max_bytes: DEFAULT_QUEUE_BYTES,
+            stuck_hint: AtomicBool::new(false),
             watch: Watch::default(),
         }
+    }
+
+    /// Bounds the queue to `max_bytes` as well as to its frames.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Outbox {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// Keeps the backlog's count of this outbox right after its queue
     /// changed length.
     fn recount(&self, state: &mut State) {
         let Some(backlog) = &self.backlog else { return };
-        let behind = state.frames.len() + state.in_flight >= self.behind_at;
+        let behind = !state.stuck && state.frames.len() + state.in_flight >= self.behind_at;
         if behind != state.behind {
             state.behind = behind;
             if behind {
@@ -318,6 +372,17 @@ impl Outbox {
         received_at: Option<Instant>,
         key: Option<ConflationKey>,
     ) -> (Push, bool) {
+        self.enqueue(Outgoing {
+            bytes: frame.into(),
+            raw: false,
+            received_at,
+            key,
+        })
+    }
+
+    /// Queues one message within the queue's bounds; overflow conflates
+    /// or closes, as the policy says. The `bool`: a wake is owed.
+    fn enqueue(&self, o: Outgoing) -> (Push, bool) {
         // Acquire pairs with the Release in `close`: a pusher that sees the
         // flag also sees the queue cleared.
         if self.closing.load(Ordering::Acquire) {
@@ -327,12 +392,22 @@ impl Outbox {
         if state.close.is_some() {
             return (Push::Closed, false);
         }
+        let len = o.bytes.len();
+        if o.raw && is_lone_pong(&o.bytes) {
+            // Only the latest ping needs its answer (RFC 6455 5.5.3).
+            if let Some(i) = state.pending_pong() {
+                state.bytes = state.bytes - state.frames[i].bytes.len() + len;
+                state.frames[i].bytes = o.bytes;
+                return (Push::Queued, false);
+            }
+        }
         let mut dropped = 0;
-        if state.frames.len() >= self.capacity && self.overflow == Overflow::Conflate {
+        if state.full_for(len, self.capacity, self.max_bytes) && self.overflow == Overflow::Conflate {
             dropped = state.conflate();
         }
-        if state.frames.len() >= self.capacity {
+        if state.full_for(len, self.capacity, self.max_bytes) {
             state.frames = VecDeque::new();
+            state.bytes = 0;
             state.close = Some(CloseReason::SlowConsumer);
             self.closing.store(true, Ordering::Release);
             self.recount(&mut state);
@@ -343,14 +418,10 @@ impl Outbox {
         // The writer takes everything each time it wakes, so only the push
         // that finds the queue empty owes it a wake.
         let was_empty = state.frames.is_empty();
-        state.frames.push_back(Outgoing {
-            bytes: frame.into(),
-            raw: false,
-            received_at,
-            key,
-        });
+        state.frames.push_back(o);
+        state.bytes += len;
         // Only a crossing of the threshold touches the shared count.
-        if state.behind != (state.frames.len() + state.in_flight >= self.behind_at) {
+        if state.behind != (!state.stuck && state.frames.len() + state.in_flight >= self.behind_at) {
             self.recount(&mut state);
         }
         if dropped > 0 {
@@ -361,22 +432,19 @@ impl Outbox {
 
     /// Queues bytes already framed (a control frame) and wakes the writer.
     /// Dropped once a close is decided: the close frame ends the stream.
-    pub fn push_raw(&self, bytes: Bytes) {
-        let mut state = self.lock();
-        if state.close.is_some() {
-            return;
-        }
-        let was_empty = state.frames.is_empty();
-        state.frames.push_back(Outgoing {
+    /// Counted against the queue's bounds like any frame; a pong replaces
+    /// one still waiting.
+    pub fn push_raw(&self, bytes: Bytes) -> Push {
+        let (pushed, wake) = self.enqueue(Outgoing {
             bytes,
             raw: true,
             received_at: None,
             key: None,
         });
-        drop(state);
-        if was_empty {
+        if wake {
             self.wake();
         }
+        pushed
     }
 
     pub fn wake(&self) {
@@ -399,6 +467,7 @@ impl Outbox {
         }
         if !reason.flushes_queue() {
             state.frames = VecDeque::new();
+            state.bytes = 0;
             self.recount(&mut state);
         }
         state.close = Some(reason);
@@ -427,6 +496,7 @@ impl Outbox {
                 batch.append(&mut state.frames);
             }
             state.in_flight = batch.len();
+            state.bytes = 0;
         }
         state.close.clone()
     }
@@ -466,8 +536,37 @@ impl Outbox {
         let socket = state.socket.clone()?;
         let State { frames, offset, .. } = &mut *state;
         let wrote = wire::write_batch(&socket, frames, offset).ok();
+        state.bytes = state.frames.iter().map(|o| o.bytes.len()).sum();
+        if wrote.as_ref().is_some_and(|w| w.progressed) && state.stuck {
+            state.stuck = false;
+            self.stuck_hint.store(false, Ordering::Relaxed);
+        }
         self.recount(&mut state);
         wrote
+    }
+
+    /// Marks the subscriber as having stopped reading (`true`: the sweeper
+    /// saw its socket full with no progress for [`crate::sweep::STUCK_AFTER`])
+    /// or reading again (`false`: a write made progress). A stuck
+    /// subscriber does not count as behind in the [`Backlog`].
+    pub fn set_stuck(&self, stuck: bool) {
+        let mut state = self.lock();
+        if state.stuck != stuck {
+            state.stuck = stuck;
+            self.stuck_hint.store(stuck, Ordering::Relaxed);
+            self.recount(&mut state);
+        }
+    }
+
+    /// Whether the subscriber is marked stuck (read without the lock).
+    pub fn is_stuck(&self) -> bool {
+        // Relaxed: a hint; `set_stuck` rechecks under the lock.
+        self.stuck_hint.load(Ordering::Relaxed)
+    }
+
+    /// Bytes waiting now (for tests and metrics).
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// The writer finished writing the batch it took: its frames no longer
@@ -570,6 +669,59 @@ mod tests {
         let mut batch = VecDeque::new();
         assert_eq!(o.next_batch(&mut batch).await, Some(CloseReason::GoingAway));
         assert_eq!(batch.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pending_pong_is_replaced_and_control_frames_count_against_the_queue() {
+        let o = Outbox::new(4, Overflow::Close);
+        for payload in [b'a', b'b', b'c'] {
+            assert_eq!(o.push_raw(Bytes::from(vec![0x8a, 1, payload])), Push::Queued);
+        }
+        assert_eq!(o.len(), 1, "one pong waits, the latest");
+        let mut batch = VecDeque::new();
+        o.take(&mut batch, &mut 0);
+        assert_eq!(&batch[0].bytes[..], &[0x8a, 1, b'c']);
+        // Pings the server sends are control frames too, and count.
+        let o = Outbox::new(2, Overflow::Close);
+        o.push_raw(Bytes::from_static(&[0x89, 0]));
+        o.push_raw(Bytes::from_static(&[0x89, 0]));
+        assert_eq!(o.push_raw(Bytes::from_static(&[0x89, 0])), Push::Overflowed);
+        assert!(o.is_closing());
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_answers_included() {
+        let o = Outbox::new(1000, Overflow::Close).with_max_bytes(10_000);
+        let answer = Frame::from("e".repeat(3_000));
+        for _ in 0..3 {
+            assert_eq!(o.push(answer.clone(), None), Push::Queued);
+        }
+        assert_eq!(o.queued_bytes(), 9_000);
+        assert_eq!(o.push(answer, None), Push::Overflowed);
+        assert_eq!(o.queued_bytes(), 0);
+        // Conflation makes room by bytes too.
+        let o = Outbox::new(1000, Overflow::Conflate).with_max_bytes(10_000);
+        let big = Frame::from("p".repeat(4_000));
+        o.push_keyed(big.clone(), None, Some(1));
+        o.push_keyed(big.clone(), None, Some(1));
+        assert_eq!(o.push_keyed(big, None, Some(1)), Push::Conflated(1));
+        assert_eq!(o.queued_bytes(), 8_000);
+    }
+
+    #[tokio::test]
+    async fn a_stuck_subscriber_is_not_counted_as_behind() {
+        let backlog = Arc::new(Backlog::default());
+        let o = Outbox::counted(1024, Overflow::Close, backlog.clone());
+        for _ in 0..BEHIND_FRAMES {
+            o.push(f("x"), None);
+        }
+        assert_eq!(backlog.behind(), 1);
+        o.set_stuck(true);
+        assert_eq!(backlog.behind(), 0);
+        o.push(f("x"), None);
+        assert_eq!(backlog.behind(), 0);
+        o.set_stuck(false);
+        assert_eq!(backlog.behind(), 1);
     }
 
     #[tokio::test]

@@ -5,6 +5,12 @@
 //! timeout. An idle connection so costs a few atomics, not two timer
 //! entries and the wake-ups that keep them.
 //!
+//! While the node's subscribers as a whole are behind (back-pressure), it
+//! also looks every [`MIN_PERIOD`] for subscribers whose socket has stayed
+//! full with no progress for [`STUCK_AFTER`]: their clients stopped reading,
+//! and they are marked stuck so that they stop counting as the node being
+//! behind (see [`crate::outbox`]).
+//!
 //! Times are milliseconds since the sweeper started. Connections stamp
 //! `heard` with the sweeper's own coarse clock, so reading a message costs
 //! no clock call.
@@ -23,6 +29,9 @@ use crate::shutdown::Shutdown;
 /// How long a connection's writes may stay stalled (the socket full, its
 /// client reading nothing) before it is dropped as a slow consumer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A socket full with no progress for this long means its client stopped
+/// reading (a client that reads, however slowly, makes progress sooner).
+pub const STUCK_AFTER: Duration = Duration::from_millis(100);
 /// An unmasked WebSocket ping with no payload.
 const PING: &[u8] = &[0x89, 0x00];
 /// The sweep period for the default timeouts; shorter ones sweep faster.
@@ -36,7 +45,8 @@ pub struct Watch {
     heard: AtomicU64,
     /// When the server last pinged it.
     pinged: AtomicU64,
-    /// Since when its writer has been waiting for the socket to take data.
+    /// Since when its writer has been waiting for the socket to take data
+    /// without any of it being taken.
     stalled_since: AtomicU64,
     /// When its token expires.
     expires: AtomicU64,
@@ -117,20 +127,24 @@ impl Sweeper {
         w.heard.store(self.now(), Ordering::Relaxed);
     }
 
-    /// The writer found the socket full (`true`) or wrote everything.
-    pub fn stalled(&self, w: &Watch, stalled: bool) {
-        if !stalled {
+    /// What a write achieved: `progressed`, some bytes went out; `done`,
+    /// nothing is left. The stall clock runs from the last progress.
+    pub fn wrote(&self, w: &Watch, progressed: bool, done: bool) {
+        if done {
             w.stalled_since.store(0, Ordering::Relaxed);
-        } else if w.stalled_since.load(Ordering::Relaxed) == 0 {
+        } else if progressed || w.stalled_since.load(Ordering::Relaxed) == 0 {
             w.stalled_since.store(self.now(), Ordering::Relaxed);
         }
     }
 
     /// Sweeps until shutdown.
     pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, shutdown: Arc<Shutdown>) {
-        let mut tick = tokio::time::interval(self.period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = 0;
         loop {
+            // Faster while back-pressure holds, to find the clients that
+            // stopped reading soon: they hold everyone else back until then.
+            let saturated = metrics.backlog.saturated();
+            let pause = if saturated { MIN_PERIOD } else { self.period };
             tokio::select! {
                 _ = shutdown.wait() => {
                     // Connections have no shutdown wait of their own: the
@@ -140,7 +154,28 @@ impl Sweeper {
                     }
                     return;
                 }
-                _ = tick.tick() => self.sweep(&metrics),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            let now = self.clock();
+            if now.saturating_sub(last_sweep) >= self.period.as_millis() as u64 {
+                last_sweep = now;
+                self.sweep(&metrics);
+            } else if saturated {
+                self.now.store(now, Ordering::Relaxed);
+                self.mark_stuck(now);
+            }
+        }
+    }
+
+    /// Marks the subscribers whose socket stayed full with no progress
+    /// for [`STUCK_AFTER`].
+    fn mark_stuck(&self, now: u64) {
+        let stuck_after = STUCK_AFTER.as_millis() as u64;
+        for entry in self.conns.iter() {
+            let outbox = entry.value();
+            let since = outbox.watch.stalled_since.load(Ordering::Relaxed);
+            if since != 0 && now.saturating_sub(since) >= stuck_after && !outbox.is_stuck() {
+                outbox.set_stuck(true);
             }
         }
     }
@@ -148,6 +183,7 @@ impl Sweeper {
     fn sweep(&self, metrics: &Metrics) {
         let now = self.clock();
         self.now.store(now, Ordering::Relaxed);
+        self.mark_stuck(now);
         let idle = self.idle_timeout.as_millis() as u64;
         let ping = self.ping_interval.as_millis() as u64;
         let stall = WRITE_TIMEOUT.as_millis() as u64;
@@ -167,7 +203,7 @@ impl Sweeper {
                 outbox.close(CloseReason::IdleTimeout);
             } else if now.saturating_sub(w.pinged.load(Ordering::Relaxed)) >= ping {
                 w.pinged.store(now, Ordering::Relaxed);
-                outbox.push_raw(Bytes::from_static(PING));
+                let _ = outbox.push_raw(Bytes::from_static(PING));
             }
         }
     }

@@ -67,7 +67,7 @@ impl AsyncRead for Wire {
 impl AsyncWrite for Wire {
     /// Tungstenite flushes whole frames in one write: queue them as one.
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.outbox.push_raw(Bytes::copy_from_slice(buf));
+        let _ = self.outbox.push_raw(Bytes::copy_from_slice(buf));
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -136,6 +136,8 @@ pub struct Wrote {
     pub done: bool,
     /// When the first update written whole entered the server.
     pub oldest: Option<Instant>,
+    /// Some bytes were written: the client is reading.
+    pub progressed: bool,
 }
 
 /// Writes `batch` (from `offset` bytes into its first message) until it is
@@ -172,6 +174,7 @@ pub fn write_batch(tcp: &TcpStream, batch: &mut VecDeque<Outgoing>, offset: &mut
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(wrote),
             Err(e) => return Err(e),
         };
+        wrote.progressed = true;
         for len in lens.iter().take(n) {
             let Some(front) = batch.front() else { break };
             let owed = len + front.bytes.len() - *offset;

@@ -236,55 +236,6 @@ async fn deeply_nested_json_is_refused_without_taking_the_node_down() {
     assert_eq!(bystander.recv_type("market_update").await["symbol"], "NEST");
 }
 
-/// A process's resident set, in bytes, from /proc/PID/status.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kb * 1024
-}
-
-/// Samples a process's RSS every 10 ms until dropped; `peak` is the
-/// highest seen so far.
-struct RssWatch {
-    pid: u32,
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
-        let peak = Arc::new(AtomicU64::new(rss_bytes(pid)));
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let (peak, stop) = (peak.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match std::fs::metadata(format!("/proc/{pid}")) {
-                        Ok(_) => peak.fetch_max(rss_bytes(pid), Ordering::Relaxed),
-                        Err(_) => return,
-                    };
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            });
-        }
-        RssWatch { pid, peak, stop }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed).max(rss_bytes(self.pid))
-    }
-}
-
-impl Drop for RssWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// 50 MiB of market data: 800 updates of 64 KiB, 10 to a publish.
 const UPDATES: usize = 800;
 const BATCH: usize = 10;

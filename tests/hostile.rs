@@ -430,3 +430,147 @@ async fn control_characters_in_sub_and_endless_tokens_are_refused_with_401() {
     let logs = node.logs();
     assert!(!logs.lines().any(|l| l.contains("forged line")), "{logs}");
 }
+
+/// A client that never reads and floods pings (or huge refused commands)
+/// costs the server at most its bounded queue: pongs replace each other,
+/// control frames and answers count against the queue, and a connection
+/// whose socket takes nothing is not read from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_reading_clients_flooding_pings_or_huge_commands_keep_server_memory_bounded() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let node = NodeProc::start(&[]);
+    let watch = RssWatch::start(node.pid());
+    let before = rss_bytes(node.pid());
+    let mut floods = Vec::new();
+    for i in 0..2 {
+        let mut c = node.tiny_buffer_market(&format!("pinger{i}"), &["A"]).await;
+        floods.push(tokio::spawn(async move {
+            // Bounded: at most 3 s or 2 million pings of 125 bytes.
+            let payload = vec![b'p'; 125];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            for _ in 0..2_000_000 {
+                let sent =
+                    tokio::time::timeout_at(deadline, c.ws.send(Message::Ping(payload.clone().into()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            c
+        }));
+    }
+    // Commands of ~59 KB that are each refused with an error answer.
+    let forbidden: Vec<String> = (0..5_000).map(|i| format!("SYM-{i:05}")).collect();
+    let command = json!({"type": "subscribe", "symbols": forbidden}).to_string();
+    let eth_only = token_with("cmd", Some(&["ETH-*"]), Duration::from_secs(600));
+    for _ in 0..10 {
+        let mut c = node.tiny_buffer_market_token(&eth_only, &["ETH-USD"]).await;
+        let command = command.clone();
+        floods.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            for _ in 0..10_000 {
+                let sent =
+                    tokio::time::timeout_at(deadline, c.ws.send(Message::Text(command.clone().into()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for f in floods {
+        clients.push(f.await.unwrap());
+    }
+    let grown = watch.peak().saturating_sub(before);
+    assert!(
+        grown < 96 * 1024 * 1024,
+        "server RSS grew by {} MiB",
+        grown / (1024 * 1024)
+    );
+    // Everyone else is served meanwhile.
+    let mut healthy = node.market("healthy", &["A"]).await;
+    node.publish_ok(market_update("A", 1.0)).await;
+    assert_eq!(healthy.recv_type("market_update").await["symbol"], "A");
+    drop(clients);
+}
+
+/// With a third of the subscribers never reading, the healthy ones are
+/// not held back: back-pressure answers a machine that cannot keep up,
+/// and a client that stopped reading is conflated or cut on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_stop_reading_do_not_slow_the_healthy_ones() {
+    const ROUNDS: usize = 200;
+    let s = start().await;
+    let symbols = ["S0", "S1", "S2", "S3"];
+    let mut stopped = Vec::new();
+    for i in 0..16 {
+        stopped.push(s.tiny_buffer_market(&format!("stopped{i}"), &symbols).await);
+    }
+    let mut readers = Vec::new();
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Duration)>();
+    for i in 0..32 {
+        let mut c = s.market(&format!("healthy{i}"), &symbols).await;
+        let lat_tx = lat_tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut last = std::collections::HashMap::new();
+            let mut got = 0;
+            while got < 4 * ROUNDS {
+                let m = c.recv_type("market_update").await;
+                let symbol = m["symbol"].as_str().unwrap().to_string();
+                let seq = m["seq"].as_u64().unwrap();
+                assert_eq!(
+                    seq,
+                    last.get(&symbol).copied().unwrap_or(0) + 1,
+                    "a healthy subscriber lost an update"
+                );
+                last.insert(symbol, seq);
+                let sent = m["sent_ns"].as_u64().unwrap();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64;
+                let _ = lat_tx.send((seq, Duration::from_nanos(now.saturating_sub(sent))));
+                got += 1;
+            }
+        }));
+    }
+    drop(lat_tx);
+    // 200 rounds, 50 a second, of one 16 KiB update per symbol: the
+    // stopped clients' sockets fill, then a quarter of their queues, which
+    // made the node look saturated to back-pressure.
+    let pad = "x".repeat(16 * 1024);
+    for _ in 0..ROUNDS {
+        let sent_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let batch: Vec<_> = symbols
+            .iter()
+            .map(|sym| json!({"type": "market_update", "symbol": sym, "price": 1.0, "pad": pad, "sent_ns": sent_ns}))
+            .collect();
+        let (status, body) = s.publish(json!(batch)).await;
+        assert_eq!(status, 202, "a publish was refused: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for r in readers {
+        tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .expect("healthy readers finish")
+            .unwrap();
+    }
+    let mut latencies: Vec<Duration> = Vec::new();
+    while let Some((_, l)) = lat_rx.recv().await {
+        latencies.push(l);
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    // Held back by the stopped clients, it was seconds (9.85 s measured).
+    assert!(p99 < Duration::from_millis(500), "healthy p99 {p99:?}");
+    let stats = s.stats().await;
+    assert!(
+        stats["conflated_frames"].as_u64() > Some(0) || stats["slow_consumer_cuts"].as_u64() > Some(0),
+        "the stopped clients were handled on their own: {stats}"
+    );
+    drop(stopped);
+}

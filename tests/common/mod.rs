@@ -147,10 +147,15 @@ impl Api {
     /// a tiny receive buffer: as soon as it stops reading, the server's
     /// writes to it stall.
     pub async fn tiny_buffer_market(&self, user: &str, symbols: &[&str]) -> Client {
+        self.tiny_buffer_market_token(&token(user), symbols).await
+    }
+
+    /// [`Api::tiny_buffer_market`] with a given token.
+    pub async fn tiny_buffer_market_token(&self, token: &str, symbols: &[&str]) -> Client {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let stream = socket.connect(self.addr).await.unwrap();
-        let req = format!("ws://{}/ws/market-data/?token={}", self.addr, token(user))
+        let req = format!("ws://{}/ws/market-data/?token={}", self.addr, token)
             .into_client_request()
             .unwrap();
         let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
@@ -667,5 +672,56 @@ impl Backend for RedisCluster {
             .iter()
             .map(|o| second_line_number(o))
             .sum()
+    }
+}
+
+/// A process's resident set, in bytes, from /proc/PID/status.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// Samples a process's RSS every 10 ms until dropped; `peak` is the
+/// highest seen so far.
+pub struct RssWatch {
+    pid: u32,
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RssWatch {
+    pub fn start(pid: u32) -> RssWatch {
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_bytes(pid)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match std::fs::metadata(format!("/proc/{pid}")) {
+                        Ok(_) => peak.fetch_max(rss_bytes(pid), std::sync::atomic::Ordering::Relaxed),
+                        Err(_) => return,
+                    };
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+        }
+        RssWatch { pid, peak, stop }
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(rss_bytes(self.pid))
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
