@@ -300,6 +300,14 @@ impl Fanout {
     }
 }
 
+/// Gives memory back after a map shrank to a small part of what it holds
+/// room for (a flood of subscriptions came and went).
+fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 /// The text of a panic's payload, for the log line of a dead worker.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
@@ -504,6 +512,21 @@ impl Worker {
         stream_state(&mut self.streams, &self.config, key)
     }
 
+    /// Drops the state of a stream that nobody here follows and that never
+    /// had a message: subscribing to and leaving symbols that were never
+    /// published must not leave an entry each behind. A stream that had
+    /// messages keeps its state, whose counter its next `seq` continues.
+    fn forget_if_unused(&mut self, key: &StreamKey) {
+        if self
+            .streams
+            .get(key)
+            .is_some_and(|s| s.sequencer.head() == Seq(0))
+        {
+            self.streams.remove(key);
+            shrink(&mut self.streams);
+        }
+    }
+
     fn publish(&mut self, inbound: Inbound) {
         let Inbound {
             kind,
@@ -628,7 +651,12 @@ impl Worker {
                 };
                 self.registry.subscribe(&symbol, sub, floor, throttle);
             }
-            Control::Unsubscribe { id, symbol } => self.registry.unsubscribe(&symbol, id),
+            Control::Unsubscribe { id, symbol } => {
+                self.registry.unsubscribe(&symbol, id);
+                if self.registry.symbol_subscribers(&symbol).is_empty() {
+                    self.forget_if_unused(&StreamKey::Symbol(symbol));
+                }
+            }
             Control::Filter {
                 sub,
                 filter,
@@ -703,7 +731,16 @@ impl Worker {
                 }
                 let _ = reply.send(heads.into_iter().collect());
             }
-            Control::DetachUser { id, user } => self.registry.detach_user(&user, id),
+            Control::DetachUser { id, user } => {
+                self.registry.detach_user(&user, id);
+                if self.registry.user_connections(&user).is_empty() {
+                    if self.unread.get(&user).is_some_and(|u| u.by_seq.is_empty()) {
+                        self.unread.remove(&user);
+                        shrink(&mut self.unread);
+                    }
+                    self.forget_if_unused(&StreamKey::User(user));
+                }
+            }
             Control::MarkRead {
                 user,
                 key,
@@ -728,7 +765,12 @@ impl Worker {
             }
             Control::QueryNotifications { user, since, reply } => {
                 let unread = self.unread.get(&user);
-                let stream = stream_state(&mut self.streams, &self.config, &StreamKey::User(user.clone()));
+                // Asking about a user creates nothing: nobody can grow the
+                // node's state by asking about users who have none.
+                let Some(stream) = self.streams.get_mut(&StreamKey::User(user.clone())) else {
+                    let _ = reply.send(encode::json_array(std::iter::empty::<&Frame>()));
+                    return;
+                };
                 stream.history.expire(Instant::now());
                 let frames: Vec<Frame> = stream
                     .history

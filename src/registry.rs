@@ -138,6 +138,10 @@ fn remove(map: &mut HashMap<Arc<str>, Vec<Member>>, key: &str, id: SubscriberId)
         list.retain(|m| m.sub.id != id);
         if list.is_empty() {
             map.remove(key);
+            // A flood of subscriptions that came and went gives its room back.
+            if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+                map.shrink_to(map.len() * 2);
+            }
         }
     }
 }

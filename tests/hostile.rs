@@ -574,3 +574,63 @@ async fn subscribers_that_stop_reading_do_not_slow_the_healthy_ones() {
     );
     drop(stopped);
 }
+
+/// Subscribing to and leaving symbols that were never published leaves no
+/// state behind: the node's memory comes back once the connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_unsubscribe_floods_of_unpublished_symbols_leave_no_state_behind() {
+    let node = NodeProc::start(&[]);
+    // A first, short flood warms up what the traffic itself allocates once
+    // (buffers, the allocator's caches); the second must add nothing.
+    flood_unpublished_symbols(&node, "warm", Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_bytes(node.pid());
+    let subscriptions = flood_unpublished_symbols(&node, "flood", Duration::from_secs(4)).await;
+    assert!(
+        subscriptions >= 40_000,
+        "the flood was too small to tell: {subscriptions}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_bytes(node.pid());
+    let allowed = before + before / 10;
+    assert!(
+        after <= allowed,
+        "RSS {} KiB after {subscriptions} subscriptions came and went, {} KiB before",
+        after / 1024,
+        before / 1024
+    );
+    // And the node still works.
+    let mut c = node.market("after", &["flood0-0-0"]).await;
+    node.publish_ok(market_update("flood0-0-0", 1.0)).await;
+    assert_eq!(c.recv_type("market_update").await["seq"], 1);
+}
+
+/// Four connections subscribe to and leave fresh symbols (200 a command,
+/// within the command rate limit) for `time`; returns how many
+/// subscriptions came and went. Every connection is closed at the end.
+async fn flood_unpublished_symbols(node: &Api, tag: &str, time: Duration) -> usize {
+    let mut floods = Vec::new();
+    for conn in 0..4 {
+        let mut c = node.connect("market-data", &format!("{tag}{conn}")).await;
+        let tag = tag.to_string();
+        floods.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + time;
+            let mut round = 0;
+            while tokio::time::Instant::now() < deadline && round < 1_000 {
+                let symbols: Vec<String> = (0..200).map(|i| format!("{tag}{conn}-{round}-{i}")).collect();
+                c.send(json!({"type": "subscribe", "symbols": symbols})).await;
+                c.recv_type("subscribed").await;
+                c.send(json!({"type": "unsubscribe", "symbols": symbols})).await;
+                c.recv_type("unsubscribed").await;
+                round += 1;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            round * 200
+        }));
+    }
+    let mut total = 0;
+    for f in floods {
+        total += f.await.unwrap();
+    }
+    total
+}
