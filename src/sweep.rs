@@ -90,8 +90,12 @@ impl Sweeper {
     }
 
     fn clock(&self) -> u64 {
-        // Never 0, which means "never" in a Watch.
-        (self.epoch.elapsed().as_millis() as u64).max(1)
+        self.millis(Instant::now())
+    }
+
+    /// `at` in sweeper milliseconds; never 0, which means "never" in a Watch.
+    fn millis(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.epoch).as_millis() as u64).max(1)
     }
 
     /// The coarse time, good to one sweep period.
@@ -156,10 +160,11 @@ impl Sweeper {
                 }
                 _ = tokio::time::sleep(pause) => {}
             }
-            let now = self.clock();
+            let at = Instant::now();
+            let now = self.millis(at);
             if now.saturating_sub(last_sweep) >= self.period.as_millis() as u64 {
                 last_sweep = now;
-                self.sweep(&metrics);
+                self.sweep(at, &metrics);
             } else if saturated {
                 self.now.store(now, Ordering::Relaxed);
                 self.mark_stuck(now);
@@ -180,8 +185,9 @@ impl Sweeper {
         }
     }
 
-    fn sweep(&self, metrics: &Metrics) {
-        let now = self.clock();
+    /// One pass over every connection, as of `at`.
+    fn sweep(&self, at: Instant, metrics: &Metrics) {
+        let now = self.millis(at);
         self.now.store(now, Ordering::Relaxed);
         self.mark_stuck(now);
         let idle = self.idle_timeout.as_millis() as u64;
@@ -232,15 +238,14 @@ mod tests {
         let s = sweeper();
         let metrics = Metrics::new(false);
         let o = Arc::new(Outbox::new(16, Overflow::Close));
+        let t0 = Instant::now();
         s.watch(1, o.clone(), None, &Shutdown::default());
-        std::thread::sleep(Duration::from_millis(120));
-        s.sweep(&metrics);
+        s.sweep(t0 + Duration::from_millis(120), &metrics);
         let mut batch = VecDeque::new();
         assert_eq!(o.take(&mut batch, &mut 0), None);
         assert_eq!(batch.len(), 1);
         assert!(batch[0].raw && &batch[0].bytes[..] == PING);
-        std::thread::sleep(Duration::from_millis(300));
-        s.sweep(&metrics);
+        s.sweep(t0 + Duration::from_millis(420), &metrics);
         assert_eq!(o.take(&mut batch, &mut 0), Some(CloseReason::IdleTimeout));
     }
 
@@ -249,10 +254,10 @@ mod tests {
         let s = sweeper();
         let metrics = Metrics::new(false);
         let o = Arc::new(Outbox::new(16, Overflow::Close));
+        let t0 = Instant::now();
         s.watch(1, o.clone(), None, &Shutdown::default());
-        for _ in 0..6 {
-            std::thread::sleep(Duration::from_millis(100));
-            s.sweep(&metrics);
+        for i in 1..=6 {
+            s.sweep(t0 + Duration::from_millis(100 * i), &metrics);
             s.heard(&o.watch);
         }
         assert!(!o.is_closing());
@@ -272,8 +277,8 @@ mod tests {
             .watch
             .stalled_since
             .store(stalled_for(5_000), Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(5));
-        s.sweep(&metrics);
+        let later = Instant::now() + Duration::from_millis(5);
+        s.sweep(later, &metrics);
         let mut batch = VecDeque::new();
         assert_eq!(expiring.take(&mut batch, &mut 0), Some(CloseReason::TokenExpired));
         assert!(
@@ -284,11 +289,30 @@ mod tests {
             .watch
             .stalled_since
             .store(stalled_for(11_000), Ordering::Relaxed);
-        s.sweep(&metrics);
+        s.sweep(later, &metrics);
         assert!(stalled.watch.abandoned());
         assert_eq!(stalled.take(&mut batch, &mut 0), Some(CloseReason::SlowConsumer));
         assert_eq!(metrics.slow_consumer_cuts(), 1);
         s.forget(1);
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_full_socket_with_no_progress_marks_its_subscriber_stuck_and_progress_clears_it() {
+        let s = sweeper();
+        let metrics = Metrics::new(false);
+        let o = Arc::new(Outbox::new(16, Overflow::Close));
+        let t0 = Instant::now();
+        s.watch(1, o.clone(), None, &Shutdown::default());
+        s.wrote(&o.watch, false, false);
+        s.sweep(t0 + STUCK_AFTER / 2, &metrics);
+        assert!(!o.is_stuck(), "not for long enough");
+        s.sweep(t0 + STUCK_AFTER * 2, &metrics);
+        assert!(o.is_stuck());
+        // A write that made progress restarts the clock.
+        s.wrote(&o.watch, true, false);
+        o.set_stuck(false);
+        s.sweep(t0 + STUCK_AFTER * 2, &metrics);
+        assert!(!o.is_stuck());
     }
 }
