@@ -405,8 +405,20 @@ struct Link {
     offset: usize,
 }
 
+/// Unsent bytes the kernel may hold for one socket. Small, so that the
+/// socket turns writable again as soon as a slow client reads a little
+/// (the default hysteresis waits for a third of a multi-megabyte buffer):
+/// a reading client shows progress within milliseconds, which tells it
+/// from one that stopped reading (see `sweep::STUCK_AFTER`), and what a
+/// lagging client has not taken stays in its outbox, where it can still
+/// be conflated, instead of in the kernel.
+const NOTSENT_LOWAT_BYTES: u32 = 16 * 1024;
+
 impl Link {
     async fn new(accepted: Accepted, outbox: Arc<Outbox>) -> Link {
+        // Best effort: a socket without it is still served, only its stalls
+        // are told apart less quickly.
+        let _ = socket2::SockRef::from(&*accepted.tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES);
         let wire = Wire::new(accepted.tcp.clone(), accepted.prefix, outbox.clone());
         outbox.set_socket(Some(accepted.tcp.clone()));
         let ws = WebSocketStream::from_raw_socket(wire, Role::Server, Some(accepted.config)).await;
@@ -730,8 +742,16 @@ async fn publish_frame(node: &Node, outbox: &Outbox, publisher: Option<usize>, b
         let frame = json!({"type": "error", "code": "unavailable", "message": format!("{} entries not taken: Redis is unreachable, retry", outcome.unavailable)});
         outbox.push(Frame::from(frame.to_string()), None);
     }
+    if outcome.unknown > 0 {
+        let frame = json!({"type": "error", "code": "outcome_unknown", "message": format!("{} entries sent to Redis got no answer in time: they may or may not have been published; retry them with the same publish_id to have them published once", outcome.unknown)});
+        outbox.push(Frame::from(frame.to_string()), None);
+    }
     if outcome.overloaded > 0 {
         let frame = json!({"type": "error", "code": "overloaded", "message": format!("{} entries not taken: the server is saturated, retry", outcome.overloaded)});
+        outbox.push(Frame::from(frame.to_string()), None);
+    }
+    if outcome.in_progress > 0 {
+        let frame = json!({"type": "error", "code": "in_progress", "message": format!("{} entries not taken: an entry with the same publish_id is being published; retry if that one fails", outcome.in_progress)});
         outbox.push(Frame::from(frame.to_string()), None);
     }
 }

@@ -223,12 +223,10 @@ async fn a_dead_fanout_worker_takes_the_node_down_instead_of_leaving_a_zombie() 
 async fn questions_and_publishes_for_a_dead_shard_are_answered_not_left_hanging() {
     let s = start_with(|o| o.shards = Some(1)).await;
     s.node.fanout.inject_fault(&StreamKey::Signals);
-    for _ in 0..200 {
-        if s.node.shutdown.failure().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the node noticed its worker died", || async {
+        s.node.shutdown.failure().map(|_| ())
+    })
+    .await;
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.node.fanout.control(
         &StreamKey::Signals,

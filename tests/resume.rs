@@ -16,13 +16,10 @@ async fn publish_n(s: &TestServer, symbol: &str, n: usize) {
 
 /// Waits until the latest update of `symbol` has `seq`.
 async fn wait_head(s: &TestServer, symbol: &str, seq: u64) {
-    for _ in 0..500 {
-        if s.get_json(&format!("/api/market/{symbol}")).await.1["seq"] == seq {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{symbol} never reached seq {seq}");
+    eventually(&format!("{symbol} reached seq {seq}"), || async {
+        (s.get_json(&format!("/api/market/{symbol}")).await.1["seq"] == seq).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

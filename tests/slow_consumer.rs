@@ -36,15 +36,10 @@ async fn a_stalled_subscriber_is_cut_and_the_others_get_everything() {
     }
     assert_consecutive(&received, 1);
 
-    let mut cut = false;
-    for _ in 0..500 {
-        if s.stats().await["slow_consumer_cuts"].as_u64() >= Some(1) {
-            cut = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(cut, "the stalled subscriber was never cut");
+    eventually("the stalled subscriber was cut", || async {
+        (s.stats().await["slow_consumer_cuts"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
     let closed = stalled.closed().await;
     assert_eq!(closed.code, Some(4002), "{closed:?}");
     assert_eq!(closed.reason, "slow consumer");

@@ -22,6 +22,24 @@ pub const API_KEY: &str = "integration-test-api-key";
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Polls `check` every 10 ms until it yields a value, for at most
+/// [`WAIT`]; panics naming `what` when it never does. The one wait loop of
+/// the tests: for what happens eventually but announces nothing.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// How long a test waits to be sure something does not happen.
 pub const QUIET: Duration = Duration::from_millis(300);
 
@@ -443,6 +461,8 @@ pub struct NodeProc {
     child: std::process::Child,
     /// Lines the node printed, for diagnostics.
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Its working directory: no config file of the repository is read.
+    _dir: Scratch,
 }
 
 impl std::ops::Deref for NodeProc {
@@ -456,18 +476,17 @@ impl NodeProc {
     /// Starts `tickwire` with the test secret and key, on a free port.
     pub fn start(extra: &[&str]) -> NodeProc {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--jwt-secret",
-                SECRET,
-                "--api-key",
-                API_KEY,
-            ])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
+        let dir = Scratch::new();
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+        ];
+        args.extend_from_slice(extra);
+        let mut child = tickwire(&dir.0, &args)
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start tickwire");
@@ -497,6 +516,7 @@ impl NodeProc {
             },
             child,
             log,
+            _dir: dir,
         }
     }
 
@@ -724,4 +744,53 @@ impl Drop for RssWatch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// A scratch working directory, so no `config/tickwire.toml` of the
+/// repository is picked up by accident; removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tickwire-process-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The binary, run in `dir` with no `TICKWIRE_*` variable inherited: the
+/// one way every test starts a tickwire process.
+pub fn tickwire(dir: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"));
+    cmd.args(args).current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TICKWIRE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info").env_remove("NO_COLOR");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
 }
