@@ -36,6 +36,7 @@ from tickwire.publisher import (
     current_batch,
     http_failure,
     log,
+    recorded,
     verdict,
 )
 
@@ -135,6 +136,8 @@ class AsyncPublisher:
         """Sends messages as one request now; returns how many were accepted."""
         if not messages:
             return 0
+        if recorded(messages):
+            return len(messages)
         body = msgs.encode(messages)
         transport, settings = await self._current_transport()
         window = RetryWindow(settings.retry_for, time.monotonic())

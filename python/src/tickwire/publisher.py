@@ -304,6 +304,8 @@ class Publisher:
         how many tickwire accepted. Raises PublishError or TickwireUnavailable."""
         if not messages:
             return 0
+        if recorded(messages):
+            return len(messages)
         body = msgs.encode(messages)
         transport, settings = self._current_transport()
         window = RetryWindow(settings.retry_for, time.monotonic())
@@ -352,6 +354,22 @@ class Publisher:
                 )
                 self._transport_settings = settings
             return self._transport, settings
+
+
+# tickwire.testing.captured(): while a recorder is on this stack, send()
+# records messages (as they would go on the wire) instead of sending them.
+# A stack, so captures nest; the lock guards it, held for an append.
+_recorders: list[list[dict[str, Any]]] = []
+_recorders_lock = threading.Lock()
+
+
+def recorded(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """True when a capture took the messages (then nothing is sent)."""
+    with _recorders_lock:
+        if not _recorders:
+            return False
+        _recorders[-1].extend(json.loads(msgs.encode(messages)))
+        return True
 
 
 _default: Publisher | None = None
