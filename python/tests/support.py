@@ -300,6 +300,7 @@ class Relay:
         self.target_port = target_port
         self.connections = 0
         self.requests = 0
+        self.idempotency_keys: list[str] = []
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -328,6 +329,9 @@ class Relay:
                 if counting:
                     with self._lock:
                         self.requests += data.count(b"POST /api/publish HTTP/1.1")
+                        self.idempotency_keys += re.findall(
+                            r"(?im)^idempotency-key: *(\S+)\r$", data.decode("latin-1")
+                        )
                 dst.sendall(data)
         except OSError:
             pass

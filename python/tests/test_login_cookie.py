@@ -166,3 +166,20 @@ def test_the_cookie_is_refused_from_a_foreign_origin(
             origin="https://evil.example",
         )
     assert refused.value.response.status_code == 403
+
+
+def test_under_asgi_too(users: dict[str, Any], tickwire_server: Tickwire) -> None:
+    """Channels deployments run Django under ASGI: the middleware works there."""
+    import asyncio
+
+    from django.test import AsyncClient
+
+    async def visit() -> Any:
+        client = AsyncClient()
+        await client.aforce_login(users["alice"])
+        return await client.get("/dashboard/")
+
+    response = asyncio.run(visit())
+    assert response.status_code == 200
+    token = response.cookies["access_token"].value
+    assert _claims(token, tickwire_server)["sub"] == str(users["alice"].pk)

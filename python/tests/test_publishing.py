@@ -149,6 +149,7 @@ def test_every_thread_shares_one_kept_alive_connection(
     assert failures == []
     assert relay.requests == len(symbols) * per_thread
     assert relay.connections == 1, "one connection for the whole process"
+    assert len(set(relay.idempotency_keys)) == relay.requests, "each request has its own key"
 
     got: dict[str, list[int]] = {s: [] for s in symbols}
     for _ in range(len(symbols) * per_thread):

@@ -27,6 +27,7 @@ from tickwire import messages as msgs
 from tickwire.config import Settings, current_settings
 from tickwire.errors import TickwireUnavailable
 from tickwire.publisher import (
+    IDEMPOTENCY_HEADER,
     Retryable,
     RetryWindow,
     _headers,
@@ -36,6 +37,7 @@ from tickwire.publisher import (
     current_batch,
     http_failure,
     log,
+    new_idempotency_key,
     recorded,
     verdict,
 )
@@ -65,9 +67,11 @@ class _AsyncHttpTransport:
             trust_env=False,
         )
 
-    async def attempt(self, body: bytes, sent: Sequence[Mapping[str, Any]]) -> int:
+    async def attempt(self, body: bytes, sent: Sequence[Mapping[str, Any]], key: str) -> int:
         try:
-            response = await self._client.post("/api/publish", content=body)
+            response = await self._client.post(
+                "/api/publish", content=body, headers={IDEMPOTENCY_HEADER: key}
+            )
         except httpx.HTTPError as e:
             retry = http_failure(e)
             if retry is None:
@@ -90,7 +94,7 @@ class _AsyncRedisTransport:
             url, socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout
         )
 
-    async def attempt(self, body: bytes, sent: Sequence[Mapping[str, Any]]) -> int:
+    async def attempt(self, body: bytes, sent: Sequence[Mapping[str, Any]], key: str) -> int:
         try:
             listeners = await self._redis.publish(self._channel, body)
         except self._errors as e:
@@ -141,10 +145,11 @@ class AsyncPublisher:
         body = msgs.encode(messages)
         transport, settings = await self._current_transport()
         window = RetryWindow(settings.retry_for, time.monotonic())
+        key = new_idempotency_key()
         while True:
             window.attempts += 1
             try:
-                return await transport.attempt(body, messages)
+                return await transport.attempt(body, messages, key)
             except TickwireUnavailable as no_answer:
                 no_answer.attempts = window.attempts
                 no_answer.elapsed = time.monotonic() - window.started

@@ -11,9 +11,13 @@ a failure to reach tickwire (refused, reset, closed before answering,
 Redis down or no tickwire node listening) is retried with exponential
 backoff until `RETRY_FOR` has passed, then raised as `TickwireUnavailable`.
 A request tickwire answered is never retried: its verdict is final
-(`PublishError` for what it refused). A read timeout is not retried
-either: the server may have taken the request, and tickwire has no way to
-recognise a repeat.
+(`PublishError` for what it refused), except the answers that say nothing
+was decided yet (Redis unreachable or slow in cluster mode, an earlier
+attempt still in progress). Every request carries an `Idempotency-Key`,
+the same on each of its attempts: a server that remembers keys
+(`idempotency_window_secs`) publishes a retried request once; to one that
+does not, a retry after a lost answer may publish it twice. A read timeout
+is not retried: the server may still be working on the request.
 
 `batch()` collects what is published inside it (in this thread, or this
 asyncio task) and sends it as one request when the block ends.
@@ -28,6 +32,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -44,11 +49,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("tickwire")
 
 USER_AGENT = "tickwire-python/0.1"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Backoff between attempts: doubling from the first delay up to the cap,
 # each delay drawn between half and all of it (jitter, so that the workers
 # of a restarted deployment do not retry in step).
 FIRST_DELAY_SECONDS = 0.05
 MAX_DELAY_SECONDS = 1.0
+
+
+def new_idempotency_key() -> str:
+    """One key per request, kept by all its attempts."""
+    return "tw-" + uuid.uuid4().hex
 
 
 class Retryable(Exception):
@@ -130,6 +141,10 @@ def verdict(status: int, body: bytes, sent: Sequence[Mapping[str, Any]]) -> int:
     server_says = str(data.get("error", "")) or body.decode(errors="replace")[:200]
     if status == 503 and data.get("unavailable"):
         raise Retryable(f"503 {server_says}")
+    if status == 503 and data.get("unknown"):
+        raise Retryable(f"503 {server_says}", maybe_published=True)
+    if status == 409 and data.get("in_progress"):
+        raise Retryable(f"409 {server_says}", maybe_published=True)
     if status == 400 and errors:
         listed = "; ".join(e.describe() for e in errors)
         raise PublishError(
@@ -191,11 +206,13 @@ class _HttpTransport:
         self._turn = threading.Lock()
         self._wait_seconds = settings.timeout
 
-    def attempt(self, body: bytes, sent: Sequence[Mapping[str, Any]]) -> int:
+    def attempt(self, body: bytes, sent: Sequence[Mapping[str, Any]], key: str) -> int:
         if not self._turn.acquire(timeout=self._wait_seconds):
             raise Retryable("the connection stayed busy with other threads' publishes")
         try:
-            response = self._client.post("/api/publish", content=body)
+            response = self._client.post(
+                "/api/publish", content=body, headers={IDEMPOTENCY_HEADER: key}
+            )
         except httpx.HTTPError as e:
             retry = http_failure(e)
             if retry is None:
@@ -224,7 +241,7 @@ class _RedisTransport:
             url, socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout
         )
 
-    def attempt(self, body: bytes, sent: Sequence[Mapping[str, Any]]) -> int:
+    def attempt(self, body: bytes, sent: Sequence[Mapping[str, Any]], key: str) -> int:
         try:
             listeners = self._redis.publish(self._channel, body)
         except self._errors as e:
@@ -267,12 +284,14 @@ def _masked(url: str) -> str:
 
 
 def _no_answer(target: str, e: Exception) -> TickwireUnavailable:
-    return TickwireUnavailable(
-        f"tickwire at {target} did not answer in time ({str(e) or type(e).__name__}); "
-        "the message(s) may or may not have been published",
-        attempts=1,
-        elapsed=0.0,
-    )
+    """A request that failed in a way a retry would not mend: a read or
+    write timeout (the server may have taken it), or an HTTP-level fault."""
+    what = str(e) or type(e).__name__
+    if isinstance(e, httpx.TimeoutException):
+        text = f"did not answer in time ({what}); the message(s) may or may not have been published"
+    else:
+        text = f"the request failed ({what})"
+    return TickwireUnavailable(f"tickwire at {target} {text}", attempts=1, elapsed=0.0)
 
 
 class Publisher:
@@ -309,10 +328,11 @@ class Publisher:
         body = msgs.encode(messages)
         transport, settings = self._current_transport()
         window = RetryWindow(settings.retry_for, time.monotonic())
+        key = new_idempotency_key()
         while True:
             window.attempts += 1
             try:
-                return transport.attempt(body, messages)
+                return transport.attempt(body, messages, key)
             except TickwireUnavailable as no_answer:
                 no_answer.attempts = window.attempts
                 no_answer.elapsed = time.monotonic() - window.started
