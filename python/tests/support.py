@@ -294,10 +294,14 @@ def set_cookie_headers(response: httpx.Response, name: str) -> list[str]:
 
 class Relay:
     """A TCP relay to 127.0.0.1:target_port that counts the connections it
-    relays and the HTTP requests that go through them."""
+    relays and the HTTP requests that go through them (and their
+    Idempotency-Keys). On its first `drop_answers` connections it passes the
+    request on but cuts the connection instead of passing the answer back:
+    an answer lost on the way."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *, drop_answers: int = 0) -> None:
         self.target_port = target_port
+        self.drop_answers = drop_answers
         self.connections = 0
         self.requests = 0
         self.idempotency_keys: list[str] = []
@@ -319,13 +323,20 @@ class Relay:
                 return
             with self._lock:
                 self.connections += 1
+                dropping = self.connections <= self.drop_answers
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+            threading.Thread(
+                target=self._pipe, args=(upstream, client, False, dropping), daemon=True
+            ).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, counting: bool) -> None:
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, counting: bool, dropping: bool = False
+    ) -> None:
         try:
             while data := src.recv(65536):
+                if dropping:
+                    break
                 if counting:
                     with self._lock:
                         self.requests += data.count(b"POST /api/publish HTTP/1.1")

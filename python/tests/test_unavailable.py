@@ -5,16 +5,24 @@ window gets the message (once); no call hangs on a server that never answers."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from typing import Any
 
 import pytest
 from django.test import override_settings
-from support import SilentServer, Socket, Tickwire
+from support import TICKWIRE_BIN, Relay, SilentServer, Socket, Tickwire
 
 import tickwire
 from tickwire.services import market_broadcaster
+
+
+def _remembers_idempotency_keys() -> bool:
+    if not TICKWIRE_BIN.exists():
+        return False
+    usage = subprocess.run([TICKWIRE_BIN, "--help"], capture_output=True, text=True, check=False)
+    return "idempotency" in usage.stdout.lower()
 
 
 class _Retries(logging.Handler):
@@ -107,3 +115,29 @@ def test_a_server_that_never_answers_ends_the_call_by_its_timeout(django_project
             assert time.monotonic() - started < 2.0
     finally:
         silent.close()
+
+
+@pytest.mark.skipif(
+    not _remembers_idempotency_keys(), reason="this tickwire does not remember Idempotency-Keys"
+)
+def test_a_lost_answer_is_retried_and_published_once(
+    tickwire_server: Tickwire, django_project: Any, retries: _Retries
+) -> None:
+    symbol = "L" + str(time.monotonic_ns())[-6:] + "-USD"
+    sock = Socket(tickwire_server, "/ws/market-data/", token=tickwire.mint_token("t"))
+    sock.subscribe(symbol)
+    relay = Relay(tickwire_server.port, drop_answers=1)
+    try:
+        with override_settings(TICKWIRE=tickwire_server.settings(URL=relay.url)):
+            market_broadcaster.broadcast_market_update(symbol, 7)  # published; its answer lost
+            market_broadcaster.broadcast_market_update(symbol, 8)
+    finally:
+        relay.close()
+    assert retries.count == 1
+    assert relay.requests == 3
+    first_key, retried_key, second_key = relay.idempotency_keys
+    assert first_key == retried_key != second_key, "a retry keeps its request's key"
+    got = [sock.expect_type("market_update") for _ in range(2)]
+    assert [m["price"] for m in got] == [7, 8], "published once, not twice"
+    assert got[1]["seq"] == got[0]["seq"] + 1
+    sock.close()
