@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -23,9 +23,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::auth::{self, AuthError, Identity, SymbolAccess, TokenSource};
 use crate::connection::{self, Accepted};
 use crate::fanout::Control;
+use crate::ingress::{KeyRefusal, Outcome};
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::{Endpoint, ErrorCode, Seq, SignalType, StreamKey};
 use crate::registry::SignalFilter;
+use crate::replication::idempotency;
 use crate::server::{ConnectionPermit, Node};
 
 /// The client's address, put on each request by the accept loop.
@@ -348,23 +350,52 @@ async fn run_connection(
     }
 }
 
+/// The request header naming a publish, so that a retry is taken once.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer that is (partly) an earlier attempt's.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// How much of a body over the limit is still read, and for how long,
+/// before the 413 is sent and the connection closed: a client that writes
+/// its whole body before it reads (Python's async httpx) would otherwise
+/// have unread bytes on a closed socket, which the kernel answers with a
+/// reset that destroys the 413 (nginx's "lingering close").
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
 async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
     let publisher = match auth::check_api_key(auth::bearer(&headers), &node.config.api_keys) {
         Ok(index) => index,
         Err(e) => return auth_failure(&node, e),
     };
     let limit = node.config.max_publish_bytes.get();
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return error_response(
+    let bytes = match read_body(body, &headers, limit).await {
+        Ok(b) => b,
+        Err(BodyRefused::TooLarge) => {
+            let mut resp = error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is over {limit} bytes"),
-            )
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
         }
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}")),
+        Err(BodyRefused::Failed(e)) => {
+            return error_response(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}"))
+        }
     };
-    let outcome = match node.ingress.publish_as(&bytes, Some(publisher)).await {
+    // Judged once the body is read, so the answer is not lost to a reset.
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(why) => {
+            let errors = json!([{"code": ErrorCode::InvalidField.as_str(), "message": why}]);
+            return json_response(StatusCode::BAD_REQUEST, json!({"accepted": 0, "errors": errors}));
+        }
+    };
+    let outcome = match node
+        .ingress
+        .publish_keyed(&bytes, Some(publisher), key.as_deref())
+        .await
+    {
         Ok(o) => o,
         Err(e) if e.code == ErrorCode::RateLimited => {
             return json_response(
@@ -377,6 +408,31 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) 
             return json_response(StatusCode::BAD_REQUEST, json!({"accepted": 0, "errors": errors}));
         }
     };
+    let mut resp = publish_answer(&outcome, key.is_some());
+    if outcome.replayed {
+        resp.headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// The answer to a publish, from what became of its entries.
+fn publish_answer(outcome: &Outcome, keyed: bool) -> Response {
+    match outcome.key_refused {
+        Some(KeyRefusal::Reused) => {
+            return error_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "this Idempotency-Key was first used with another body: nothing was published",
+            )
+        }
+        Some(KeyRefusal::InFlight) => {
+            return error_response(
+                StatusCode::CONFLICT,
+                "a request with this Idempotency-Key is still being published: retry it later",
+            )
+        }
+        None => {}
+    }
     let errors: Vec<_> = outcome
         .errors
         .iter()
@@ -386,13 +442,34 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) 
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"accepted": outcome.accepted, "errors": errors, "unavailable": outcome.unavailable,
+                   "outcome": "not_published",
                    "error": "Redis is unreachable: nothing of this request was published"}),
+        );
+    }
+    if outcome.unknown > 0 {
+        let retry = if keyed {
+            "retry with the same Idempotency-Key: they will be published once"
+        } else {
+            "a retry may publish them twice; send an Idempotency-Key to retry safely"
+        };
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"accepted": outcome.accepted, "errors": errors, "unknown": outcome.unknown,
+                   "outcome": "unknown",
+                   "error": format!("Redis did not answer in time: {} entries may or may not have been published; {retry}", outcome.unknown)}),
         );
     }
     if outcome.overloaded > 0 {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"accepted": outcome.accepted, "errors": errors, "overloaded": outcome.overloaded}),
+        );
+    }
+    if outcome.in_progress > 0 {
+        return json_response(
+            StatusCode::CONFLICT,
+            json!({"accepted": outcome.accepted, "errors": errors, "in_progress": outcome.in_progress,
+                   "error": "entries with these publish_ids are still being published: retry them later"}),
         );
     }
     if errors.is_empty() {
@@ -402,6 +479,67 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) 
             StatusCode::BAD_REQUEST,
             json!({"accepted": outcome.accepted, "errors": errors}),
         )
+    }
+}
+
+/// The request's `Idempotency-Key`, if it has one: at most one, of 1 to
+/// 200 printable ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("more than one Idempotency-Key header".into());
+    }
+    match value.to_str() {
+        Ok(k) if idempotency::valid_key(k) => Ok(Some(k.to_string())),
+        _ => Err(format!(
+            "the Idempotency-Key must be 1 to {} printable ASCII characters",
+            idempotency::MAX_KEY_BYTES
+        )),
+    }
+}
+
+enum BodyRefused {
+    TooLarge,
+    Failed(String),
+}
+
+/// A publish body of at most `limit` bytes. One over it is read on (and
+/// thrown away) within [`LINGER_BYTES`] and [`LINGER_TIME`] before it is
+/// refused, unless the client waits for `100 Continue` before sending it.
+async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, BodyRefused> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        if !header_has(headers, header::EXPECT, "100-continue") {
+            linger(&mut body).await;
+        }
+        return Err(BodyRefused::TooLarge);
+    }
+    match Limited::new(&mut body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            linger(&mut body).await;
+            Err(BodyRefused::TooLarge)
+        }
+        Err(e) => Err(BodyRefused::Failed(e.to_string())),
+    }
+}
+
+/// Reads and drops what is left of a refused body, within the linger budget.
+async fn linger(body: &mut Body) {
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut read = 0usize;
+    while read < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len()),
+            // The end of the body, a broken one, or the time is up.
+            _ => return,
+        }
     }
 }
 

@@ -7,6 +7,11 @@
 //! Ingress keeps the one piece of state validation needs: each signal's
 //! symbol and type, so a `signal_update` that leaves them out is completed
 //! (and filtered) by them, and one naming an unknown signal is refused.
+//!
+//! A publish may be named, so that a retry is delivered once: a request's
+//! `Idempotency-Key`, or an entry's `publish_id` (stripped before anything
+//! is forwarded). Named entries go through [`idempotency`]: in Redis in
+//! cluster mode, in this node's [`Memory`] in embedded mode.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +25,7 @@ use crate::limit::TokenBucket;
 use crate::metrics::Metrics;
 use crate::protocol::update::{decode_batch, Update};
 use crate::protocol::{ErrorCode, ProtocolError, SignalType, UpdateKind};
+use crate::replication::idempotency::{self, Begin, Memory, Record, RequestKey, Sent};
 use crate::replication::Replication;
 
 /// Signals whose state is remembered; past this, the oldest tenth is
@@ -43,8 +49,30 @@ pub struct Outcome {
     pub errors: Vec<(usize, ProtocolError)>,
     /// Entries not taken because the server stayed saturated.
     pub overloaded: usize,
-    /// Entries not taken because Redis is unreachable (cluster mode).
+    /// Entries not taken because Redis is unreachable (cluster mode):
+    /// nothing of them was sent.
     pub unavailable: usize,
+    /// Entries sent to Redis that it did not answer in time (cluster
+    /// mode): they may or may not have been published. A retry with the
+    /// same `Idempotency-Key` or `publish_id` settles them once.
+    pub unknown: usize,
+    /// Named entries not taken because another attempt with the same id
+    /// is under way on this node (embedded mode).
+    pub in_progress: usize,
+    /// Part of this answer is an earlier attempt's: the request's key, or
+    /// an entry's `publish_id`, was seen before.
+    pub replayed: bool,
+    /// The request's `Idempotency-Key` was not used: nothing was done.
+    pub key_refused: Option<KeyRefusal>,
+}
+
+/// Why a request's `Idempotency-Key` refused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// The key was first used with another body.
+    Reused,
+    /// A request with this key is still being published (embedded mode).
+    InFlight,
 }
 
 pub struct Ingress {
@@ -60,6 +88,11 @@ pub struct Ingress {
     /// Each API key's publish rate limit (by key index), when configured;
     /// a mutex held for one bucket update.
     budgets: Vec<Mutex<TokenBucket>>,
+    /// How long a publish id is remembered.
+    idempotency_window: Duration,
+    /// Embedded mode's publish ids (unused in cluster mode, where Redis
+    /// remembers them).
+    memory: Memory,
 }
 
 impl Ingress {
@@ -84,6 +117,8 @@ impl Ingress {
             signals: DashMap::new(),
             metrics,
             patience: Duration::from_secs(5),
+            idempotency_window: config.idempotency_window,
+            memory: Memory::new(config.idempotency_window),
         }
     }
 
@@ -95,6 +130,19 @@ impl Ingress {
     /// Publishes a body sent with the API key of index `publisher`, within
     /// that key's rate limit: a body over it is refused whole (`rate_limited`).
     pub async fn publish_as(&self, body: &[u8], publisher: Option<usize>) -> Result<Outcome, ProtocolError> {
+        self.publish_keyed(body, publisher, None).await
+    }
+
+    /// [`Ingress::publish_as`] for a request that may carry an
+    /// `Idempotency-Key` (already checked with [`idempotency::valid_key`]):
+    /// its entries are then named by it, and its entries' own
+    /// `publish_id`s are not used.
+    pub async fn publish_keyed(
+        &self,
+        body: &[u8],
+        publisher: Option<usize>,
+        key: Option<&str>,
+    ) -> Result<Outcome, ProtocolError> {
         if let Some(budget) = publisher.and_then(|i| self.budgets.get(i)) {
             let entries = count_entries(body);
             let ok = budget
@@ -109,73 +157,221 @@ impl Ingress {
                 ));
             }
         }
-        self.publish_claimed(body, None).await
+        self.publish_body(body, None, key).await
     }
 
     /// Publishes a body; `claim` (cluster mode, for the Redis ingest
     /// channel) names it so that only one node of the cluster takes it.
     pub async fn publish_claimed(&self, body: &[u8], claim: Option<&str>) -> Result<Outcome, ProtocolError> {
+        self.publish_body(body, claim, None).await
+    }
+
+    async fn publish_body(
+        &self,
+        body: &[u8],
+        claim: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Outcome, ProtocolError> {
         let received_at = Instant::now();
         let received_micros = crate::replication::layout::now_micros();
         let entries = decode_batch(body).inspect_err(|_| self.metrics.publish_rejected(1))?;
         let mut outcome = Outcome::default();
-        match &self.replication {
-            None => {
-                for (index, entry) in entries.into_iter().enumerate() {
-                    let update = match entry.and_then(|u| self.complete(u)) {
-                        Ok(u) => u,
-                        Err(e) => {
-                            outcome.errors.push((index, e));
-                            continue;
-                        }
+        let mut valid = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.into_iter().enumerate() {
+            match entry.and_then(take_publish_id) {
+                Ok((u, publish_id)) => {
+                    let id = match key {
+                        Some(k) => Some(format!("r:{k}#{index}")),
+                        None => publish_id.map(|p| format!("e:{p}")),
                     };
-                    let kind = update.kind;
-                    let ring = self.fanout.shard_for(&update.stream);
-                    match ring
-                        .push(Inbound::fresh(update, received_at), self.patience)
-                        .await
-                    {
-                        Ok(()) => {
-                            outcome.accepted += 1;
-                            self.metrics.published(kind);
-                        }
-                        Err(_) => outcome.overloaded += 1,
-                    }
+                    valid.push(Named { index, update: u, id });
                 }
-            }
-            Some(replication) => {
-                let mut valid = Vec::new();
-                let mut places = Vec::new();
-                for (index, entry) in entries.into_iter().enumerate() {
-                    match entry {
-                        Ok(u) => {
-                            places.push(index);
-                            valid.push(u);
-                        }
-                        Err(e) => outcome.errors.push((index, e)),
-                    }
-                }
-                let kinds: Vec<UpdateKind> = valid.iter().map(|u| u.kind).collect();
-                if !valid.is_empty() {
-                    match replication.publish(valid, claim, received_micros).await {
-                        Ok(results) => {
-                            for ((index, result), kind) in places.iter().zip(results).zip(kinds) {
-                                if result < 0 {
-                                    outcome.errors.push((*index, unknown_signal()));
-                                } else {
-                                    outcome.accepted += 1;
-                                    self.metrics.published(kind);
-                                }
-                            }
-                        }
-                        Err(_) => outcome.unavailable = places.len(),
-                    }
-                }
-                outcome.errors.sort_by_key(|(i, _)| *i);
+                Err(e) => outcome.errors.push((index, e)),
             }
         }
+        match &self.replication {
+            None => {
+                self.publish_here(valid, key, body, received_at, &mut outcome)
+                    .await
+            }
+            Some(r) => {
+                self.publish_to_redis(r, valid, claim, key, body, received_micros, &mut outcome)
+                    .await
+            }
+        }
+        outcome.errors.sort_by_key(|(i, _)| *i);
         self.metrics.publish_rejected(outcome.errors.len() as u64);
         Ok(outcome)
+    }
+
+    /// Embedded mode: completes each entry and hands it to its shard; a
+    /// named entry only when this node has no outcome for its id yet.
+    async fn publish_here(
+        &self,
+        valid: Vec<Named>,
+        key: Option<&str>,
+        body: &[u8],
+        received_at: Instant,
+        outcome: &mut Outcome,
+    ) {
+        // Held until every entry is done, so a retry of this request meanwhile
+        // is told to wait rather than racing it.
+        let mut request = None;
+        if let Some(key) = key {
+            let fingerprint = idempotency::fingerprint(body);
+            match self.memory.begin(&format!("q:{key}"), Instant::now()) {
+                Begin::Fresh(p) => request = Some((p, fingerprint)),
+                Begin::Done(Record::Request { fingerprint: first }) if first == fingerprint => {
+                    outcome.replayed = true;
+                }
+                Begin::Done(_) => {
+                    outcome.key_refused = Some(KeyRefusal::Reused);
+                    outcome.errors.clear();
+                    return;
+                }
+                Begin::InFlight => {
+                    outcome.key_refused = Some(KeyRefusal::InFlight);
+                    outcome.errors.clear();
+                    return;
+                }
+            }
+        }
+        for Named { index, update, id } in valid {
+            let pending = match id.as_deref().map(|id| self.memory.begin(id, Instant::now())) {
+                None => None,
+                Some(Begin::Fresh(p)) => Some(p),
+                Some(Begin::Done(record)) => {
+                    outcome.replayed = true;
+                    match record {
+                        Record::Refused(e) => outcome.errors.push((index, e)),
+                        Record::Accepted | Record::Request { .. } => outcome.accepted += 1,
+                    }
+                    continue;
+                }
+                Some(Begin::InFlight) => {
+                    outcome.in_progress += 1;
+                    continue;
+                }
+            };
+            let update = match self.complete(update) {
+                Ok(u) => u,
+                Err(e) => {
+                    if let Some(p) = pending {
+                        p.finish(Record::Refused(e.clone()));
+                    }
+                    outcome.errors.push((index, e));
+                    continue;
+                }
+            };
+            let kind = update.kind;
+            let ring = self.fanout.shard_for(&update.stream);
+            match ring
+                .push(Inbound::fresh(update, received_at), self.patience)
+                .await
+            {
+                Ok(()) => {
+                    if let Some(p) = pending {
+                        p.finish(Record::Accepted);
+                    }
+                    outcome.accepted += 1;
+                    self.metrics.published(kind);
+                }
+                // Not published: the id is forgotten (`pending` dropped),
+                // so a retry publishes it.
+                Err(_) => outcome.overloaded += 1,
+            }
+        }
+        if let Some((p, fingerprint)) = request {
+            p.finish(Record::Request { fingerprint });
+        }
+    }
+
+    /// Cluster mode: Redis sequences, stores and spreads the valid
+    /// entries; named ones through the idempotent script.
+    #[allow(clippy::too_many_arguments)]
+    async fn publish_to_redis(
+        &self,
+        replication: &Replication,
+        valid: Vec<Named>,
+        claim: Option<&str>,
+        key: Option<&str>,
+        body: &[u8],
+        received_micros: u64,
+        outcome: &mut Outcome,
+    ) {
+        if valid.is_empty() && key.is_none() {
+            return;
+        }
+        if let Some(key) = key {
+            let fingerprint = idempotency::fingerprint(body);
+            match replication
+                .claim_request(key, fingerprint, self.idempotency_window)
+                .await
+            {
+                Ok(RequestKey::New) => {}
+                Ok(RequestKey::Seen(first)) if first == fingerprint => outcome.replayed = true,
+                Ok(RequestKey::Seen(_)) => {
+                    outcome.key_refused = Some(KeyRefusal::Reused);
+                    outcome.errors.clear();
+                    return;
+                }
+                // Only the key was at stake: nothing was published.
+                Err(_) => {
+                    outcome.unavailable = valid.len();
+                    return;
+                }
+            }
+        }
+        if valid.is_empty() {
+            return;
+        }
+        let places: Vec<(usize, UpdateKind)> = valid.iter().map(|n| (n.index, n.update.kind)).collect();
+        if valid.iter().all(|n| n.id.is_none()) {
+            let updates = valid.into_iter().map(|n| n.update).collect();
+            match replication.publish(updates, claim, received_micros).await {
+                Ok(results) => {
+                    for ((index, kind), result) in places.into_iter().zip(results) {
+                        self.count_result(outcome, index, Some(kind), result);
+                    }
+                }
+                Err(e) if e.outcome_unknown() => outcome.unknown = places.len(),
+                Err(_) => outcome.unavailable = places.len(),
+            }
+            return;
+        }
+        let named = valid.into_iter().map(|n| (n.update, n.id)).collect();
+        match replication
+            .publish_named(named, claim, received_micros, self.idempotency_window)
+            .await
+        {
+            Ok(sent) => {
+                for ((index, kind), sent) in places.into_iter().zip(sent) {
+                    match sent {
+                        Sent::Answered { result, replayed } => {
+                            outcome.replayed |= replayed;
+                            self.count_result(outcome, index, (!replayed).then_some(kind), result);
+                        }
+                        Sent::Unknown => outcome.unknown += 1,
+                    }
+                }
+            }
+            Err(e) if e.outcome_unknown() => outcome.unknown = places.len(),
+            Err(_) => outcome.unavailable = places.len(),
+        }
+    }
+
+    /// One entry's result from Redis: its seq (or 0, taken by another
+    /// node from the ingest channel), or -1 for an unknown signal. `kind`
+    /// is counted as published, unless it is `None` (a replay).
+    fn count_result(&self, outcome: &mut Outcome, index: usize, kind: Option<UpdateKind>, result: i64) {
+        if result < 0 {
+            outcome.errors.push((index, unknown_signal()));
+        } else {
+            outcome.accepted += 1;
+            if let Some(kind) = kind {
+                self.metrics.published(kind);
+            }
+        }
     }
 
     /// Applies and records signal state: a new signal is remembered; an
@@ -236,6 +432,30 @@ impl Ingress {
             }
             _ => Ok(u),
         }
+    }
+}
+
+/// A valid entry, where it was in its body, and the id naming it.
+struct Named {
+    index: usize,
+    update: Update,
+    id: Option<String>,
+}
+
+/// Takes an entry's `publish_id` out of what is forwarded: absent or
+/// `null`, or 1 to 200 printable ASCII characters (`invalid_field`
+/// otherwise).
+fn take_publish_id(mut u: Update) -> Result<(Update, Option<String>), ProtocolError> {
+    match u.body.remove("publish_id") {
+        None | Some(Value::Null) => Ok((u, None)),
+        Some(Value::String(id)) if idempotency::valid_key(&id) => Ok((u, Some(id))),
+        Some(_) => Err(ProtocolError::invalid(
+            "publish_id",
+            &format!(
+                "must be a string of 1 to {} printable ASCII characters",
+                idempotency::MAX_KEY_BYTES
+            ),
+        )),
     }
 }
 

@@ -15,6 +15,7 @@
 //! times a second: a channel silent for a second means a wedged
 //! subscription, treated as a lost link.
 
+pub mod idempotency;
 pub mod layout;
 
 use std::collections::HashMap;
@@ -917,8 +918,9 @@ impl Replication {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "publish batch failed");
+                    // Only a batch never sent is known unpublished.
                     for job in batch {
-                        let _ = job.reply.send(Err(ReplicationError::Unavailable));
+                        let _ = job.reply.send(Err(e.for_each_job()));
                     }
                 }
             }
