@@ -7,6 +7,11 @@
 //! read the clocks again; stop the subscribers and check what each received
 //! against what the publishers sent to its stream.
 //!
+//! `--stalled` subscribers subscribe like the others and then never read
+//! again (clients that stopped reading): they count for nothing but the
+//! load they put on the server, whose own counters (`/api/stats`) say how
+//! it dealt with them.
+//!
 //! With several `--url`s the nodes must form one cluster (every node
 //! delivers every publish); embedded nodes that do not share a bus would
 //! show the other nodes' publishes as lost.
@@ -24,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::client::{self, Credential, WsRequest};
+use crate::counters::ServerCounters;
 use crate::jwt::{self, Claims};
 use crate::messages::{bench_symbol, Rng};
 use crate::pacing::{Clock, Schedule};
@@ -46,6 +52,11 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// (32 KiB made memset 15 % of loadgen's CPU in `perf`); 4 KiB still holds
 /// about 20 bench frames.
 const SUBSCRIBER_READ_BUFFER: usize = 4 * 1024;
+/// The kernel receive buffer of a stalled subscriber's socket: small, so
+/// that the server's writes to it stall after a few frames.
+const STALLED_RECV_BUFFER: u32 = 4 * 1024;
+/// The largest `--pad-bytes`.
+const MAX_PAD_BYTES: u32 = 100_000;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -68,6 +79,10 @@ pub struct BenchArgs {
     /// Notification subscribers, one user each
     #[arg(long, default_value_t = 0)]
     notification_subscribers: u32,
+    /// Extra market-data subscribers that subscribe and then never read
+    /// again (small receive buffer); left out of delivery, loss and latency
+    #[arg(long, default_value_t = 0)]
+    stalled: u32,
     /// Symbols, named SYM000, SYM001, ...
     #[arg(long, default_value_t = 100)]
     symbols: u32,
@@ -80,6 +95,9 @@ pub struct BenchArgs {
     /// Messages per publish (one frame or request)
     #[arg(long, default_value_t = 10)]
     batch: u32,
+    /// Bytes of padding added to every message (a "pad" field)
+    #[arg(long, default_value_t = 0)]
+    pad_bytes: u32,
     /// Publishing time in seconds (at most 600)
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -123,6 +141,9 @@ impl BenchArgs {
         if !(1..=10_000).contains(&self.batch) {
             bail!("--batch must be between 1 and 10000");
         }
+        if self.pad_bytes > MAX_PAD_BYTES {
+            bail!("--pad-bytes must be at most {MAX_PAD_BYTES}");
+        }
         if !(1..=256).contains(&self.publishers) {
             bail!("--publishers must be between 1 and 256");
         }
@@ -145,6 +166,7 @@ impl BenchArgs {
         u64::from(self.subscribers)
             + u64::from(self.signal_subscribers)
             + u64::from(self.notification_subscribers)
+            + u64::from(self.stalled)
     }
 
     fn mix(&self) -> Mix {
@@ -177,11 +199,15 @@ struct Config {
     subscribers: u32,
     signal_subscribers: u32,
     notification_subscribers: u32,
+    /// Market-data subscribers that never read after subscribing; not in
+    /// any of the delivery, loss or latency figures.
+    stalled_subscribers: u32,
     symbols: u32,
     publishers: u32,
     via: BenchVia,
     rate: f64,
     batch: u32,
+    pad_bytes: u32,
     duration_s: f64,
     drain_s: f64,
 }
@@ -237,6 +263,9 @@ pub struct BenchSummary {
     disconnected_early: u64,
     close_reasons: BTreeMap<String, u64>,
     server: Option<Process>,
+    /// The server's counters over publishing + drain; `None` when
+    /// `/api/stats` did not answer.
+    server_counters: Option<ServerCounters>,
     loadgen: Process,
     interrupted: bool,
 }
@@ -325,9 +354,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         streams.push(Stream::User(i));
         roles.push((Role::Notifications, user.clone()));
     }
+    // After every reader, so that the first `streams.len()` handles are
+    // the readers'.
+    for i in 0..args.stalled as usize {
+        roles.push((
+            Role::Market {
+                symbol: symbols[i % symbols.len()].clone(),
+            },
+            format!("bench-{run_tag}-x{i}"),
+        ));
+    }
     let token_exp = jwt::unix_now_s() + args.setup_timeout + args.duration as u64 + 3600;
     let subscribers = open_subscribers(
         roles,
+        streams.len(),
         &targets,
         args.jwt_secret.as_bytes(),
         token_exp,
@@ -337,7 +377,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.setup_timeout),
     )
     .await;
-    let subscribers = match subscribers {
+    let mut subscribers = match subscribers {
         Ok(handles) => handles,
         Err(e) => {
             let _ = stop_tx.send(true);
@@ -362,12 +402,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let counters_before = ServerCounters::read(&http, &targets).await;
     let server_mark = ProcessMark::take(server_pids.clone())?;
     let self_mark = ProcessMark::take(vec![Pid::Myself])?;
     let publish_clock = run.clock.later(run.clock.elapsed_ns() + 20_000_000);
     let duration_ns = (args.duration * 1e9) as u64;
     let sent_total = Arc::new(AtomicU64::new(0));
     let api_key: Arc<str> = Arc::from(args.api_key.as_str());
+    let pad: Arc<str> = Arc::from("x".repeat(args.pad_bytes as usize));
     let (sent_last_tx, mut sent_last_rx) = mpsc::unbounded_channel();
     let publishers: Vec<JoinHandle<PublisherReport>> = (0..args.publishers)
         .map(|index| {
@@ -384,6 +426,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 symbols: Arc::clone(&symbols),
                 users: Arc::clone(&users),
                 mix: args.mix(),
+                pad: Arc::clone(&pad),
                 run_tag: format!("{run_tag}_{index}"),
                 clock: publish_clock,
                 interrupted: Arc::clone(&interrupted),
@@ -472,9 +515,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(server_mark.since(deliveries)?)
     };
     let loadgen = self_mark.since(deliveries)?;
+    let server_counters = match (counters_before, ServerCounters::read(&http, &targets).await) {
+        (Some(before), Some(after)) => Some(after.since(&before)),
+        _ => None,
+    };
 
-    // Stop the subscribers and gather their receipts.
+    // Stop the subscribers and gather their receipts; the stalled ones
+    // have none.
     let _ = stop_tx.send(true);
+    for stalled in subscribers.split_off(streams.len()) {
+        stalled.abort();
+    }
     let mut reports = Vec::with_capacity(subscribers.len());
     for handle in subscribers {
         let report = match tokio::time::timeout(Duration::from_secs(5), handle).await {
@@ -498,6 +549,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             expected_of: &expected_of,
             deliveries_in_window,
             server,
+            server_counters,
             loadgen,
             interrupted: interrupted.load(Ordering::Relaxed),
         },
@@ -517,11 +569,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Opens every subscriber, at most `concurrency` at a time, and returns
-/// their running tasks once all have subscribed. Fails on the first
-/// subscriber that cannot, with its reason.
+/// their running tasks once all have subscribed. The first `readers` read
+/// and report; the others stall (see [`Subscriber::stall`]) and report
+/// nothing. Fails on the first subscriber that cannot, with its reason.
 #[allow(clippy::too_many_arguments)]
 async fn open_subscribers(
     roles: Vec<(Role, String)>,
+    readers: usize,
     targets: &[Target],
     secret: &[u8],
     token_exp: u64,
@@ -549,20 +603,24 @@ async fn open_subscribers(
         let ready_tx = ready_tx.clone();
         let run = Arc::clone(run);
         let stop_rx = stop_rx.clone();
+        let stalls = i >= readers;
         handles.push(tokio::spawn(async move {
             let path = format!("{}?token={token}", role.path());
+            let mut request = subscriber_request(&target, &path, None, SUBSCRIBER_READ_BUFFER);
+            if stalls {
+                request.recv_buffer_bytes = Some(STALLED_RECV_BUFFER);
+            }
             let opened = {
                 // The semaphore is never closed, so acquiring cannot fail.
                 let _permit = permits.acquire_owned().await.ok();
-                Subscriber::open(
-                    &subscriber_request(&target, &path, None, SUBSCRIBER_READ_BUFFER),
-                    &role,
-                    &run,
-                    OPEN_TIMEOUT,
-                )
-                .await
+                Subscriber::open(&request, &role, &run, OPEN_TIMEOUT).await
             };
             match opened {
+                Ok(sub) if stalls => {
+                    let _ = ready_tx.send(Ok(())).await;
+                    sub.stall(stop_rx).await;
+                    None
+                }
                 Ok(sub) => {
                     let _ = ready_tx.send(Ok(())).await;
                     Some(sub.run(run, stop_rx).await)
@@ -622,6 +680,7 @@ pub fn subscriber_request<'a>(
         bearer: None,
         credential: Credential::Token,
         bind,
+        recv_buffer_bytes: None,
         config: WebSocketConfig::default()
             .read_buffer_size(read_buffer_bytes)
             .write_buffer_size(0),
@@ -667,6 +726,7 @@ struct Summarized<'a> {
     expected_of: &'a dyn Fn(Stream) -> u64,
     deliveries_in_window: u64,
     server: Option<Process>,
+    server_counters: Option<ServerCounters>,
     loadgen: Process,
     interrupted: bool,
 }
@@ -718,11 +778,13 @@ fn summarize(args: &BenchArgs, s: Summarized<'_>) -> BenchSummary {
             subscribers: args.subscribers,
             signal_subscribers: args.signal_subscribers,
             notification_subscribers: args.notification_subscribers,
+            stalled_subscribers: args.stalled,
             symbols: args.symbols,
             publishers: args.publishers,
             via: args.via,
             rate: args.rate,
             batch: args.batch,
+            pad_bytes: args.pad_bytes,
             duration_s: args.duration,
             drain_s: args.drain,
         },
@@ -759,6 +821,7 @@ fn summarize(args: &BenchArgs, s: Summarized<'_>) -> BenchSummary {
         disconnected_early: close_reasons.values().sum(),
         close_reasons,
         server: s.server,
+        server_counters: s.server_counters,
         loadgen: s.loadgen,
         interrupted: s.interrupted,
     }
@@ -768,9 +831,17 @@ fn print_summary(out: &mut dyn std::io::Write, s: &BenchSummary) -> anyhow::Resu
     let c = &s.config;
     writeln!(
         out,
-        "tickwire bench: {} market + {} signal + {} notification subscribers, {} symbols, {} node(s); \
-         {} publisher(s) via {:?}, {} in batches of {}, {} s",
+        "tickwire bench: {} market{} + {} signal + {} notification subscribers, {} symbols, {} node(s); \
+         {} publisher(s) via {:?}, {} in batches of {}{}, {} s",
         count(u64::from(c.subscribers)),
+        if c.stalled_subscribers > 0 {
+            format!(
+                " (+ {} stalled, never reading)",
+                count(u64::from(c.stalled_subscribers))
+            )
+        } else {
+            String::new()
+        },
         count(u64::from(c.signal_subscribers)),
         count(u64::from(c.notification_subscribers)),
         count(u64::from(c.symbols)),
@@ -783,6 +854,11 @@ fn print_summary(out: &mut dyn std::io::Write, s: &BenchSummary) -> anyhow::Resu
             "unpaced".to_owned()
         },
         c.batch,
+        if c.pad_bytes > 0 {
+            format!(" (padded by {} B)", count(u64::from(c.pad_bytes)))
+        } else {
+            String::new()
+        },
         c.duration_s,
     )?;
     if s.interrupted {
@@ -858,6 +934,15 @@ fn print_summary(out: &mut dyn std::io::Write, s: &BenchSummary) -> anyhow::Resu
             "unpaced: from actual send time"
         },
     )?;
+    if let Some(c) = &s.server_counters {
+        writeln!(
+            out,
+            "  lagging     back-pressure pauses {}, conflated frames {}, slow-consumer cuts {} (server's /api/stats)",
+            count(c.backpressure_pauses),
+            count(c.conflated_frames),
+            count(c.slow_consumer_cuts),
+        )?;
+    }
     for (name, p) in [("server", s.server.as_ref()), ("loadgen", Some(&s.loadgen))] {
         let Some(p) = p else { continue };
         writeln!(

@@ -108,6 +108,10 @@ pub struct WsRequest<'a> {
     pub credential: Credential,
     /// Source address to bind before connecting; the kernel picks otherwise.
     pub bind: Option<IpAddr>,
+    /// The socket's kernel receive buffer (`SO_RCVBUF`), set before
+    /// connecting; the kernel's default (autotuned) otherwise. A small one
+    /// makes the server's writes to a client that never reads stall soon.
+    pub recv_buffer_bytes: Option<u32>,
     pub config: WebSocketConfig,
     /// For the TCP connect and the upgrade together.
     pub timeout: Duration,
@@ -116,7 +120,7 @@ pub struct WsRequest<'a> {
 pub async fn connect_ws(req: &WsRequest<'_>) -> Result<Ws, ConnectError> {
     let addr = req.target.addr;
     let attempt = async {
-        let stream = connect_tcp(addr, req.bind).await?;
+        let stream = connect_tcp(addr, req.bind, req.recv_buffer_bytes).await?;
         let mut request = req
             .target
             .ws_url(req.path)
@@ -152,7 +156,11 @@ pub async fn connect_ws(req: &WsRequest<'_>) -> Result<Ws, ConnectError> {
         }))
 }
 
-async fn connect_tcp(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, ConnectError> {
+async fn connect_tcp(
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    recv_buffer_bytes: Option<u32>,
+) -> Result<TcpStream, ConnectError> {
     let tcp_err = |source| ConnectError::Tcp { addr, source };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -164,6 +172,11 @@ async fn connect_tcp(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream
         socket
             .bind(SocketAddr::new(source_ip, 0))
             .map_err(|source| ConnectError::Bind { source_ip, source })?;
+    }
+    if let Some(bytes) = recv_buffer_bytes {
+        // Before connect, so that the window the handshake advertises is
+        // already the small one.
+        socket.set_recv_buffer_size(bytes).map_err(tcp_err)?;
     }
     let stream = socket.connect(addr).await.map_err(tcp_err)?;
     // Small frames should leave at once; latency is what is measured.

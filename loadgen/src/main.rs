@@ -10,6 +10,7 @@
 
 mod bench;
 mod client;
+mod counters;
 mod idle;
 mod jwt;
 mod messages;

@@ -6,7 +6,7 @@
 //!   price, notifications with a unique `notification_id`.
 //! - [`write_market`] and friends: the bench's messages, written straight
 //!   into a buffer, each carrying `t_ns` (its intended send time) for
-//!   latency.
+//!   latency, and [`add_pad`] to make them bigger.
 
 use std::fmt::Write as _;
 
@@ -324,6 +324,19 @@ pub fn write_market(out: &mut String, symbol: &str, n: u64, t_ns: u64) {
     );
 }
 
+/// Adds a `"pad"` field holding `pad` to the JSON object that ends `out`
+/// (one of the `write_*` above), to make bench messages bigger. `pad`
+/// must need no JSON escaping; an empty one adds nothing.
+pub fn add_pad(out: &mut String, pad: &str) {
+    if pad.is_empty() || !out.ends_with('}') {
+        return;
+    }
+    out.pop();
+    out.push_str(r#","pad":""#);
+    out.push_str(pad);
+    out.push_str(r#""}"#);
+}
+
 /// Appends a bench `new_signal` to `out`.
 pub fn write_signal(out: &mut String, run: &str, n: u64, symbol: &str, t_ns: u64) {
     let signal_type = ["BUY", "SELL", "HOLD"][(n % 3) as usize];
@@ -427,6 +440,20 @@ mod tests {
         write_notification(&mut buf, "ab12", 4, "u7", 6);
         let v: Value = serde_json::from_str(&buf).unwrap();
         assert_eq!(v["user_id"], "u7");
+    }
+
+    #[test]
+    fn padding_adds_one_field_of_that_size() {
+        let mut buf = String::new();
+        write_market(&mut buf, "SYM001", 12, 5);
+        let unpadded = buf.clone();
+        add_pad(&mut buf, "");
+        assert_eq!(buf, unpadded);
+        add_pad(&mut buf, &"x".repeat(100));
+        let v: Value = serde_json::from_str(&buf).unwrap();
+        assert_eq!(v["pad"].as_str().map(str::len), Some(100));
+        assert_eq!(v["t_ns"], 5);
+        assert_eq!(buf.len(), unpadded.len() + 100 + r#","pad":"""#.len());
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl Sink {
                     bearer: Some(&api_key),
                     credential: Credential::ApiKey,
                     bind: None,
+                    recv_buffer_bytes: None,
                     config: WebSocketConfig::default(),
                     timeout: Duration::from_secs(10),
                 })

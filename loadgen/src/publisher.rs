@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{connect_ws, Credential, Ws, WsRequest};
-use crate::messages::{write_market, write_notification, write_signal};
+use crate::messages::{add_pad, write_market, write_notification, write_signal};
 use crate::pacing::{step, Clock, Schedule, Step};
 use crate::scan::{self, Raw};
 use crate::target::Target;
@@ -88,6 +88,8 @@ pub struct PublisherPlan {
     pub symbols: Arc<Vec<String>>,
     pub users: Arc<Vec<String>>,
     pub mix: Mix,
+    /// Added to every message as its `pad` field (empty: none).
+    pub pad: Arc<str>,
     /// Makes this publisher's signal and notification ids unique.
     pub run_tag: String,
     pub clock: Clock,
@@ -156,7 +158,7 @@ async fn publish_loop(
     let symbols = plan.symbols.len().max(1);
     let mut symbol_cursor = plan.index as usize * symbols / plan.publishers.max(1) as usize;
     let mut user_cursor = plan.index as usize;
-    let mut payload = String::with_capacity(256 * plan.batch as usize);
+    let mut payload = String::with_capacity((256 + plan.pad.len()) * plan.batch as usize);
     let mut n: u64 = 0;
     let mut k: u64 = 0;
     let mut max_lag_ns = 0u64;
@@ -218,6 +220,7 @@ async fn publish_loop(
                     report.per_symbol[s] += 1;
                 }
             }
+            add_pad(&mut payload, &plan.pad);
             n += 1;
         }
         if plan.batch > 1 {
@@ -266,6 +269,7 @@ impl Sink {
                     bearer: Some(&plan.api_key),
                     credential: Credential::ApiKey,
                     bind: None,
+                    recv_buffer_bytes: None,
                     // Only error frames come back; a small read window keeps
                     // tungstenite's per-read zero-fill cheap.
                     config: WebSocketConfig::default().read_buffer_size(4096),

@@ -2,7 +2,8 @@
 //! waits for the server's answer ([`Subscriber::open`]), then reads until
 //! told to stop ([`Subscriber::run`]), checking the `seq` order of its one
 //! stream and recording the latency of every live message. It reads only
-//! `type`, `seq` and `t_ns` of each frame (see `scan`).
+//! `type`, `seq` and `t_ns` of each frame (see `scan`). A stalled
+//! subscriber ([`Subscriber::stall`]) never reads again after subscribing.
 //!
 //! A message is live when it carries a `t_ns` from this run; anything else
 //! with a `seq` (the latest-price snapshot sent after `subscribed`, unread
@@ -195,6 +196,15 @@ impl Subscriber {
         }
         self.report.seq = self.checker.counts();
         self.report
+    }
+
+    /// Holds the socket open without ever reading from it until `stop`
+    /// turns true, then drops it: a client that stopped reading. Nothing
+    /// it was sent is counted anywhere.
+    pub async fn stall(self, mut stop: watch::Receiver<bool>) {
+        // A dropped sender ends the wait too.
+        let _ = stop.wait_for(|stop| *stop).await;
+        drop(self.ws);
     }
 
     /// Handles one text frame; `answer` is the `type` awaited, if any.
