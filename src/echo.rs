@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
-use crate::connection::{self, Accepted, Reader};
-use crate::outbox::{CloseReason, Outbox, Overflow};
+use crate::connection::{self, Accepted, Context, Reader};
+use crate::outbox::writer::binary_frame;
+use crate::outbox::{Outbox, Overflow};
+use crate::protocol::close::CloseReason;
 use crate::protocol::encode::Frame;
-use crate::server::Node;
-use crate::wire;
 
 struct Echo {
     outbox: Arc<Outbox>,
@@ -27,19 +27,19 @@ impl Reader for Echo {
     }
 
     async fn on_binary(&mut self, data: &[u8]) -> Option<CloseReason> {
-        let _ = self.outbox.push_raw(wire::binary_frame(data));
+        let _ = self.outbox.push_raw(binary_frame(data));
         None
     }
 }
 
 /// Echoes until the client closes, a read fails, or the node shuts down.
-pub async fn serve(accepted: Accepted, node: Arc<Node>) {
+pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
     let outbox = Arc::new(Outbox::new(
-        node.config.outbound_queue_frames.get(),
+        ctx.config.outbound_queue_frames.get(),
         Overflow::Close,
     ));
     let mut echo = Echo {
         outbox: outbox.clone(),
     };
-    connection::serve_test_echo(accepted, node, &mut echo, outbox).await;
+    connection::serve_test_echo(accepted, ctx, &mut echo, outbox).await;
 }

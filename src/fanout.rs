@@ -11,7 +11,7 @@
 //! a full outbox is that subscriber's problem. Writers are woken once per
 //! batch, not once per frame, so that frames leave in few system calls.
 //! When its ring is empty no later update can share those writes, and the
-//! worker makes them itself, without blocking (`Outbox::write_direct`):
+//! worker makes them itself, without blocking (`Outbox::write_out`):
 //! DESIGN.md has one writer per socket; this saves a task wake and switch
 //! per delivery where each socket gets a frame now and then, and leaves
 //! whatever a full socket does not take to the connection's own task.
@@ -164,8 +164,28 @@ pub enum Control {
         frame: Frame,
         skip: Option<SubscriberId>,
     },
-    /// The newest `seq` of every stream this node follows or serves.
+    /// The newest `seq` of every stream this node follows or serves: its
+    /// head, or the highest `seq` a local subscriber holds (a latest update
+    /// read from Redis) where that is higher. Sent when the link to Redis
+    /// is back, before anything new enters the rings, so the worker first
+    /// applies the updates still in its ring (they came before the link
+    /// was lost).
     Heads {
+        reply: oneshot::Sender<Vec<(StreamKey, Seq)>>,
+    },
+    /// The link to Redis is back (cluster mode); follows `Heads`, before
+    /// the catch-up. Each stream in `reseeded` (with the head `Heads` gave)
+    /// lost its state in Redis and had its counter put back: its local
+    /// subscribers get a `reset` to the next `seq` to come, and on
+    /// `/ws/notifications/` the unread list as Redis now holds it (empty:
+    /// it lost them). Every stream with no local subscriber forgets its
+    /// kept messages, keeping its head: what was published while the link
+    /// was down is not read for it, so its window would have a hole that
+    /// a later resume could take for the whole story; with it empty, a
+    /// resume reads Redis or is told to reset. Answers the heads of the
+    /// streams with local subscribers, the ones to catch up.
+    Relinked {
+        reseeded: Vec<(StreamKey, Seq)>,
         reply: oneshot::Sender<Vec<(StreamKey, Seq)>>,
     },
     /// Recent signals after `since`, matching the filter, as a JSON array.
@@ -490,7 +510,7 @@ impl Worker {
         let (mut messages, mut bytes) = (0, 0);
         for outbox in self.wakes.drain(..) {
             if direct {
-                if let Some(wrote) = outbox.write_direct() {
+                if let Some(Ok(wrote)) = outbox.write_out(false).map(|out| out.wrote) {
                     messages += wrote.messages;
                     bytes += wrote.bytes;
                     if let Some(t) = wrote.oldest {
@@ -715,21 +735,85 @@ impl Worker {
                 }
             }
             Control::Heads { reply } => {
+                while let Some(inbound) = self.ring.pop_update() {
+                    self.publish(inbound);
+                }
+                self.end_batch();
                 let mut heads: HashMap<StreamKey, Seq> = self
                     .streams
                     .iter()
                     .map(|(k, s)| (k.clone(), s.sequencer.head()))
                     .collect();
+                let mut hold = |key: StreamKey, held: Option<Seq>| {
+                    let head = heads.entry(key).or_default();
+                    *head = (*head).max(held.unwrap_or_default());
+                };
                 for symbol in self.registry.symbols() {
-                    heads.entry(StreamKey::Symbol(symbol.clone())).or_default();
+                    let held = self
+                        .registry
+                        .symbol_subscribers(symbol)
+                        .iter()
+                        .map(|m| m.floor)
+                        .max();
+                    hold(StreamKey::Symbol(symbol.clone()), held);
                 }
                 for user in self.registry.users() {
-                    heads.entry(StreamKey::User(user.clone())).or_default();
+                    let held = self.registry.user_connections(user).iter().map(|m| m.floor).max();
+                    hold(StreamKey::User(user.clone()), held);
                 }
-                if !self.registry.signal_subscribers().is_empty() {
-                    heads.entry(StreamKey::Signals).or_default();
+                let signals = self.registry.signal_subscribers();
+                if !signals.is_empty() {
+                    hold(StreamKey::Signals, signals.iter().map(|m| m.member.floor).max());
                 }
                 let _ = reply.send(heads.into_iter().collect());
+            }
+            Control::Relinked { reseeded, reply } => {
+                for (key, head) in reseeded {
+                    let local = self.streams.get(&key).map_or(Seq(0), |s| s.sequencer.head());
+                    let reset = encode::reset(key.wire_name(), Seq(head.max(local).0 + 1));
+                    match &key {
+                        StreamKey::Symbol(symbol) => {
+                            for m in self.registry.symbol_subscribers(symbol) {
+                                push_now(&m.sub, reset.clone());
+                            }
+                        }
+                        StreamKey::Signals => {
+                            for m in self.registry.signal_subscribers() {
+                                push_now(&m.member.sub, reset.clone());
+                            }
+                        }
+                        StreamKey::User(user) => {
+                            self.unread.remove(user);
+                            let unread = encode::unread_notifications(std::iter::empty());
+                            for m in self.registry.user_connections(user) {
+                                push_now(&m.sub, reset.clone());
+                                push_now(&m.sub, unread.clone());
+                            }
+                        }
+                    }
+                }
+                let mut live: HashMap<StreamKey, Seq> = HashMap::new();
+                live.extend(
+                    self.registry
+                        .symbols()
+                        .map(|s| (StreamKey::Symbol(s.clone()), Seq(0))),
+                );
+                live.extend(
+                    self.registry
+                        .users()
+                        .map(|u| (StreamKey::User(u.clone()), Seq(0))),
+                );
+                if !self.registry.signal_subscribers().is_empty() {
+                    live.insert(StreamKey::Signals, Seq(0));
+                }
+                let (messages, max_age) = (self.config.history_messages, self.config.history_max_age);
+                for (key, stream) in self.streams.iter_mut() {
+                    match live.get_mut(key) {
+                        Some(head) => *head = stream.sequencer.head(),
+                        None => stream.history = History::new(messages, max_age),
+                    }
+                }
+                let _ = reply.send(live.into_iter().collect());
             }
             Control::DetachUser { id, user } => {
                 self.registry.detach_user(&user, id);

@@ -23,12 +23,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::auth::{self, AuthError, Identity, SymbolAccess, TokenSource};
 use crate::connection::{self, Accepted};
 use crate::fanout::Control;
-use crate::ingress::{KeyRefusal, Outcome};
+use crate::ingress::Outcome;
+use crate::node::{ConnectionPermit, Node};
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::{Endpoint, ErrorCode, Seq, SignalType, StreamKey};
 use crate::registry::SignalFilter;
 use crate::replication::idempotency;
-use crate::server::{ConnectionPermit, Node};
 
 /// The client's address, put on each request by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -327,7 +327,7 @@ async fn upgrade_echo(State(node): State<Arc<Node>>, mut req: Request) -> Respon
         let Some(accepted) = Accepted::from_upgrade(upgraded, ws_config, peer) else {
             return;
         };
-        crate::echo::serve(accepted, node).await;
+        crate::echo::serve(accepted, node.connections.clone()).await;
         drop(permit);
     });
     switching_protocols(&key)
@@ -344,9 +344,14 @@ async fn run_connection(
         let publisher = identity.publisher_key();
         // Boxed: the subscriber connections sharing this function should
         // not carry the publisher's future inline.
-        Box::pin(connection::serve_ingest(accepted, node, publisher)).await;
+        Box::pin(connection::serve_ingest(
+            accepted,
+            node.connections.clone(),
+            publisher,
+        ))
+        .await;
     } else {
-        connection::serve_subscriber(accepted, node, endpoint, identity).await;
+        connection::serve_subscriber(accepted, node.connections.clone(), endpoint, identity).await;
     }
 }
 
@@ -418,68 +423,11 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) 
 
 /// The answer to a publish, from what became of its entries.
 fn publish_answer(outcome: &Outcome, keyed: bool) -> Response {
-    match outcome.key_refused {
-        Some(KeyRefusal::Reused) => {
-            return error_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "this Idempotency-Key was first used with another body: nothing was published",
-            )
-        }
-        Some(KeyRefusal::InFlight) => {
-            return error_response(
-                StatusCode::CONFLICT,
-                "a request with this Idempotency-Key is still being published: retry it later",
-            )
-        }
-        None => {}
-    }
-    let errors: Vec<_> = outcome
-        .errors
-        .iter()
-        .map(|(index, e)| json!({"index": index, "code": e.code.as_str(), "message": e.message}))
-        .collect();
-    if outcome.unavailable > 0 {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"accepted": outcome.accepted, "errors": errors, "unavailable": outcome.unavailable,
-                   "outcome": "not_published",
-                   "error": "Redis is unreachable: nothing of this request was published"}),
-        );
-    }
-    if outcome.unknown > 0 {
-        let retry = if keyed {
-            "retry with the same Idempotency-Key: they will be published once"
-        } else {
-            "a retry may publish them twice; send an Idempotency-Key to retry safely"
-        };
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"accepted": outcome.accepted, "errors": errors, "unknown": outcome.unknown,
-                   "outcome": "unknown",
-                   "error": format!("Redis did not answer in time: {} entries may or may not have been published; {retry}", outcome.unknown)}),
-        );
-    }
-    if outcome.overloaded > 0 {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"accepted": outcome.accepted, "errors": errors, "overloaded": outcome.overloaded}),
-        );
-    }
-    if outcome.in_progress > 0 {
-        return json_response(
-            StatusCode::CONFLICT,
-            json!({"accepted": outcome.accepted, "errors": errors, "in_progress": outcome.in_progress,
-                   "error": "entries with these publish_ids are still being published: retry them later"}),
-        );
-    }
-    if errors.is_empty() {
-        json_response(StatusCode::ACCEPTED, json!({"accepted": outcome.accepted}))
-    } else {
-        json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"accepted": outcome.accepted, "errors": errors}),
-        )
-    }
+    let (status, body) = outcome.http_answer(keyed);
+    json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
 }
 
 /// The request's `Idempotency-Key`, if it has one: at most one, of 1 to

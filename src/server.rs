@@ -1,15 +1,12 @@
-//! Puts a node together and runs it: binds the listener, starts the
-//! fanout workers, accepts connections (each served as HTTP/1 with
-//! upgrades), and on shutdown stops accepting, closes subscribers with
-//! 1001 and waits for them up to the drain timeout.
+//! Runs a node: binds the listener, starts the node's background tasks
+//! (the Redis link, the sweeper), accepts connections (each served as
+//! HTTP/1 with upgrades), and on shutdown stops accepting, closes
+//! subscribers with 1001 and waits for them up to the drain timeout.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use dashmap::DashMap;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -17,129 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::config::Config;
-use crate::fanout::{Fanout, FanoutConfig};
 use crate::http::{router, PeerAddr};
-use crate::ingress::Ingress;
-use crate::metrics::Metrics;
-use crate::replication::Replication;
-use crate::shutdown::Shutdown;
-use crate::sweep::Sweeper;
-
-/// Everything a connection or a request handler needs of its node.
-pub struct Node {
-    pub config: Config,
-    pub fanout: Arc<Fanout>,
-    pub ingress: Ingress,
-    /// Cluster mode's link to Redis; `None` in embedded mode.
-    pub replication: Option<Arc<Replication>>,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: Arc<Shutdown>,
-    /// Every connection's pings and timeouts.
-    pub sweeper: Arc<Sweeper>,
-    /// Open WebSocket connections, for `max_connections`.
-    open: AtomicUsize,
-    /// Open WebSocket connections per client IP; a dashmap because every
-    /// handshake and every close touches it from any runtime thread.
-    per_ip: DashMap<IpAddr, usize>,
-}
-
-/// Holds one place under the connection limits until dropped.
-pub struct ConnectionPermit {
-    node: Arc<Node>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        // Relaxed: a counter compared against a limit, nothing else ordered by it.
-        self.node.open.fetch_sub(1, Ordering::Relaxed);
-        if self.node.config.max_connections_per_ip.is_some() {
-            self.node.per_ip.remove_if_mut(&self.ip, |_, n| {
-                *n -= 1;
-                *n == 0
-            });
-        }
-    }
-}
-
-impl Node {
-    pub fn new(config: Config) -> Arc<Node> {
-        let metrics = Arc::new(Metrics::new(config.redis_url.is_some()));
-        let shutdown = Arc::new(Shutdown::default());
-        let fanout = Fanout::start(
-            FanoutConfig {
-                shards: config.shards.get(),
-                ring_capacity: config.ring_capacity.get(),
-                history_messages: config.history_messages.get(),
-                history_max_age: config.history_max_age,
-                max_unread_per_user: config.max_unread_per_user.get(),
-            },
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        let replication = config.redis_url.as_ref().map(|url| {
-            Arc::new(Replication::new(
-                url.clone(),
-                config.ingest_channel.clone(),
-                config.history_messages.get(),
-                config.max_unread_per_user.get(),
-            ))
-        });
-        let ingress = Ingress::new(fanout.clone(), replication.clone(), metrics.clone(), &config);
-        let sweeper = Arc::new(Sweeper::new(config.idle_timeout, config.ping_interval));
-        Arc::new(Node {
-            config,
-            fanout,
-            ingress,
-            replication,
-            metrics,
-            shutdown,
-            sweeper,
-            open: AtomicUsize::new(0),
-            per_ip: DashMap::new(),
-        })
-    }
-
-    /// Takes a place for a new WebSocket connection, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, (StatusCode, String)> {
-        if self.shutdown.is_triggered() {
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()));
-        }
-        let max = self.config.max_connections.get();
-        if self.open.fetch_add(1, Ordering::Relaxed) >= max {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("this node holds its maximum of {max} connections"),
-            ));
-        }
-        if let Some(per_ip) = self.config.max_connections_per_ip {
-            let mut n = self.per_ip.entry(ip).or_insert(0);
-            if *n >= per_ip.get() {
-                drop(n);
-                self.open.fetch_sub(1, Ordering::Relaxed);
-                return Err((
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("at most {per_ip} connections per client address"),
-                ));
-            }
-            *n += 1;
-        }
-        Ok(ConnectionPermit {
-            node: self.clone(),
-            ip,
-        })
-    }
-
-    /// Ready to serve: not shutting down, and Redis up where configured.
-    pub fn is_ready(&self) -> bool {
-        !self.shutdown.is_triggered() && self.replication.as_ref().is_none_or(|r| r.is_up())
-    }
-
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-}
+use crate::node::Node;
 
 /// A started node: its address, and the task that runs it to the end.
 pub struct Running {

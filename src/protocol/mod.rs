@@ -3,6 +3,7 @@
 //! back (`encode`). No I/O lives here: every function takes bytes or values
 //! and returns values, so the whole protocol is testable without a socket.
 
+pub mod close;
 pub mod command;
 pub mod encode;
 pub mod update;

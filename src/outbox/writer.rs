@@ -1,87 +1,66 @@
-//! A connection's socket after the handshake, shared by its two halves
-//! without a lock: tungstenite reads and parses client frames from it, and
-//! the connection writes server frames straight from the outbox with one
-//! `writev` per batch, building each 2–10-byte header on the stack and
-//! pointing at the shared frame bytes (no copy into a write buffer).
-//!
-//! Tungstenite never writes to the socket itself: the frames it sends on
-//! its own (the pong to a client's ping, the reply to a client's close)
-//! go through [`Wire`]'s `AsyncWrite` into the outbox, already framed, so
-//! that they take their turn between whole frames.
+//! The write side of a connection's socket, with one owner: [`Writer`]
+//! holds the socket, the batch being written and how much of its first
+//! frame is out. Whoever writes (the connection's task, or a fanout worker
+//! writing directly when its ring is empty) holds the outbox's writer
+//! lock, which no pusher ever takes, so a `writev` never blocks anyone
+//! who only queues frames (see [`super::Outbox::write_out`] for the lock
+//! order). Frames leave with one `writev` per batch, each 2–10-byte
+//! header built on the stack and pointing at the shared frame bytes (no
+//! copy into a write buffer).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::outbox::{CloseReason, Outbox, Outgoing};
+use super::Outgoing;
+use crate::protocol::close::CloseReason;
 
 /// At most this many messages go into one `writev`.
 const MAX_BATCH: usize = 64;
+/// Queue entries a writer keeps allocated between batches.
+const KEPT_BATCH_CAPACITY: usize = 64;
+/// A batch this small is a quiet connection's: its queue is freed.
+const IDLE_BATCH_CAPACITY: usize = 8;
 
-/// The socket as tungstenite sees it.
-pub struct Wire {
-    tcp: Arc<TcpStream>,
-    /// Bytes the HTTP layer read past the handshake, served first.
-    prefix: Bytes,
-    outbox: Arc<Outbox>,
+/// The socket's write side.
+#[derive(Default)]
+pub struct Writer {
+    /// `None` before the connection is set up and after it ended (so that
+    /// the socket closes with the connection, not with the last handle).
+    pub(super) socket: Option<Arc<TcpStream>>,
+    /// Frames taken from the queue and not yet written whole.
+    pub(super) batch: VecDeque<Outgoing>,
+    /// Bytes of the first frame of `batch` already written.
+    pub(super) offset: usize,
 }
 
-impl Wire {
-    pub fn new(tcp: Arc<TcpStream>, prefix: Bytes, outbox: Arc<Outbox>) -> Wire {
-        // A copy: the bytes are a view of the HTTP layer's read buffer
-        // (8 KiB), which even an empty view would keep allocated.
-        let prefix = Bytes::copy_from_slice(&prefix);
-        Wire { tcp, prefix, outbox }
-    }
-}
-
-impl AsyncRead for Wire {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        loop {
-            ready!(this.tcp.poll_read_ready(cx))?;
-            match this.tcp.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+impl Writer {
+    /// Writes what the socket takes now, without waiting.
+    pub(super) fn write(&mut self) -> io::Result<Wrote> {
+        let Some(socket) = &self.socket else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let wrote = write_batch(socket, &mut self.batch, &mut self.offset)?;
+        if wrote.done {
+            // A burst grew the queue; keep what a usual batch needs, so that
+            // thousands of connections do not each hold their largest burst,
+            // and nothing for a connection that gets a frame now and then.
+            if self.batch.capacity() <= IDLE_BATCH_CAPACITY {
+                self.batch = VecDeque::new();
+            } else if self.batch.capacity() > KEPT_BATCH_CAPACITY * 4 {
+                self.batch.shrink_to(KEPT_BATCH_CAPACITY);
             }
         }
-    }
-}
-
-impl AsyncWrite for Wire {
-    /// Tungstenite flushes whole frames in one write: queue them as one.
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let _ = self.outbox.push_raw(Bytes::copy_from_slice(buf));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+        Ok(wrote)
     }
 }
 
 /// The header of an unmasked, final text frame of `len` bytes.
-fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
+pub(crate) fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
     header(0x81, len, out)
 }
 
@@ -200,6 +179,7 @@ pub fn write_batch(tcp: &TcpStream, batch: &mut VecDeque<Outgoing>, offset: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Outgoing;
     use tokio::io::AsyncReadExt;
 
     fn text(s: &str) -> Outgoing {

@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use serde_json::Value;
 
+mod outcome;
+
+pub use outcome::{KeyRefusal, Outcome};
+
 use crate::config::Config;
 use crate::fanout::{Fanout, Inbound};
 use crate::limit::TokenBucket;
@@ -39,40 +43,6 @@ struct SignalState {
     signal_type: SignalType,
     /// Insertion order, to forget the oldest first.
     born: u64,
-}
-
-/// The result of publishing one body.
-#[derive(Debug, Default, PartialEq)]
-pub struct Outcome {
-    pub accepted: usize,
-    /// Refused entries by their index in the body.
-    pub errors: Vec<(usize, ProtocolError)>,
-    /// Entries not taken because the server stayed saturated.
-    pub overloaded: usize,
-    /// Entries not taken because Redis is unreachable (cluster mode):
-    /// nothing of them was sent.
-    pub unavailable: usize,
-    /// Entries sent to Redis that it did not answer in time (cluster
-    /// mode): they may or may not have been published. A retry with the
-    /// same `Idempotency-Key` or `publish_id` settles them once.
-    pub unknown: usize,
-    /// Named entries not taken because another attempt with the same id
-    /// is under way on this node (embedded mode).
-    pub in_progress: usize,
-    /// Part of this answer is an earlier attempt's: the request's key, or
-    /// an entry's `publish_id`, was seen before.
-    pub replayed: bool,
-    /// The request's `Idempotency-Key` was not used: nothing was done.
-    pub key_refused: Option<KeyRefusal>,
-}
-
-/// Why a request's `Idempotency-Key` refused it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyRefusal {
-    /// The key was first used with another body.
-    Reused,
-    /// A request with this key is still being published (embedded mode).
-    InFlight,
 }
 
 pub struct Ingress {
@@ -125,6 +95,19 @@ impl Ingress {
     /// Publishes every valid entry of a body, in order.
     pub async fn publish(&self, body: &[u8]) -> Result<Outcome, ProtocolError> {
         self.publish_claimed(body, None).await
+    }
+
+    /// Publishes one `/ws/ingest` frame and returns what to answer: only
+    /// errors (see [`Outcome::ws_answers`]).
+    pub async fn publish_frame(
+        &self,
+        body: &[u8],
+        publisher: Option<usize>,
+    ) -> Vec<crate::protocol::encode::Frame> {
+        match self.publish_as(body, publisher).await {
+            Ok(outcome) => outcome.ws_answers(),
+            Err(e) => vec![outcome::ws_refusal(&e)],
+        }
     }
 
     /// Publishes a body sent with the API key of index `publisher`, within

@@ -11,11 +11,13 @@
 //! and they are marked stuck so that they stop counting as the node being
 //! behind (see [`crate::outbox`]).
 //!
-//! Times are milliseconds since the sweeper started. Connections stamp
-//! `heard` with the sweeper's own coarse clock, so reading a message costs
-//! no clock call.
+//! The sweeper owns the clocks: they live in its map beside each
+//! connection's outbox, and a connection stamps them through it by id
+//! (`heard`, `wrote`). Times are milliseconds since the sweeper started,
+//! stamped with its own coarse clock, so reading a message costs no clock
+//! call. What it decides reaches the connection as a close in the outbox.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,7 +25,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::metrics::Metrics;
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::Outbox;
+use crate::protocol::close::CloseReason;
 use crate::shutdown::Shutdown;
 
 /// How long a connection's writes may stay stalled (the socket full, its
@@ -38,9 +41,10 @@ const PING: &[u8] = &[0x89, 0x00];
 const MAX_PERIOD: Duration = Duration::from_millis(250);
 const MIN_PERIOD: Duration = Duration::from_millis(20);
 
-/// A connection's clocks, in sweeper milliseconds (0: never).
+/// A connection's clocks, in sweeper milliseconds (0: never). Atomics:
+/// the connection stamps them while the sweeper reads them.
 #[derive(Debug, Default)]
-pub struct Watch {
+struct Clocks {
     /// When the client was last heard from (any frame, pongs included).
     heard: AtomicU64,
     /// When the server last pinged it.
@@ -50,23 +54,22 @@ pub struct Watch {
     stalled_since: AtomicU64,
     /// When its token expires.
     expires: AtomicU64,
-    /// Set when the sweeper gave up on a stalled writer: drop, no close frame.
-    abandoned: AtomicBool,
 }
 
-// Relaxed throughout: each field is one clock reading, compared alone.
-impl Watch {
-    pub fn abandoned(&self) -> bool {
-        self.abandoned.load(Ordering::Relaxed)
-    }
+/// One watched connection. Relaxed throughout: each clock is one reading,
+/// compared alone.
+struct Watched {
+    outbox: Arc<Outbox>,
+    clocks: Clocks,
 }
 
 pub struct Sweeper {
     epoch: Instant,
     /// The coarse clock: sweeper milliseconds at the last sweep.
     now: AtomicU64,
-    /// Open connections by id.
-    conns: DashMap<u64, Arc<Outbox>>,
+    /// Open connections by id, with their clocks. A dashmap: every
+    /// connection stamps its own entry while the sweep walks them all.
+    conns: DashMap<u64, Watched>,
     period: Duration,
     idle_timeout: Duration,
     ping_interval: Duration,
@@ -107,14 +110,24 @@ impl Sweeper {
     /// `expires_at`; closes it at once if the node is shutting down.
     pub fn watch(&self, id: u64, outbox: Arc<Outbox>, expires_at: Option<SystemTime>, shutdown: &Shutdown) {
         let now = self.clock();
-        let w = &outbox.watch;
-        w.heard.store(now, Ordering::Relaxed);
-        w.pinged.store(now, Ordering::Relaxed);
+        let clocks = Clocks {
+            heard: AtomicU64::new(now),
+            pinged: AtomicU64::new(now),
+            ..Clocks::default()
+        };
         if let Some(at) = expires_at {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            w.expires.store(now + left.as_millis() as u64, Ordering::Relaxed);
+            clocks
+                .expires
+                .store(now.saturating_add(left.as_millis() as u64), Ordering::Relaxed);
         }
-        self.conns.insert(id, outbox.clone());
+        self.conns.insert(
+            id,
+            Watched {
+                outbox: outbox.clone(),
+                clocks,
+            },
+        );
         // After the insert: either the sweeper's shutdown pass sees this
         // connection, or this sees the shutdown.
         if shutdown.is_triggered() {
@@ -126,18 +139,23 @@ impl Sweeper {
         self.conns.remove(&id);
     }
 
-    /// The client was heard from.
-    pub fn heard(&self, w: &Watch) {
-        w.heard.store(self.now(), Ordering::Relaxed);
+    /// Connection `id`'s client was heard from.
+    pub fn heard(&self, id: u64) {
+        if let Some(w) = self.conns.get(&id) {
+            w.clocks.heard.store(self.now(), Ordering::Relaxed);
+        }
     }
 
-    /// What a write achieved: `progressed`, some bytes went out; `done`,
-    /// nothing is left. The stall clock runs from the last progress.
-    pub fn wrote(&self, w: &Watch, progressed: bool, done: bool) {
+    /// What a write of connection `id` achieved: `progressed`, some bytes
+    /// went out; `done`, nothing is left. The stall clock runs from the
+    /// last progress.
+    pub fn wrote(&self, id: u64, progressed: bool, done: bool) {
+        let Some(w) = self.conns.get(&id) else { return };
+        let stalled_since = &w.clocks.stalled_since;
         if done {
-            w.stalled_since.store(0, Ordering::Relaxed);
-        } else if progressed || w.stalled_since.load(Ordering::Relaxed) == 0 {
-            w.stalled_since.store(self.now(), Ordering::Relaxed);
+            stalled_since.store(0, Ordering::Relaxed);
+        } else if progressed || stalled_since.load(Ordering::Relaxed) == 0 {
+            stalled_since.store(self.now(), Ordering::Relaxed);
         }
     }
 
@@ -154,7 +172,7 @@ impl Sweeper {
                     // Connections have no shutdown wait of their own: the
                     // close reaches each through its outbox.
                     for entry in self.conns.iter() {
-                        entry.value().close(CloseReason::GoingAway);
+                        entry.value().outbox.close(CloseReason::GoingAway);
                     }
                     return;
                 }
@@ -177,8 +195,8 @@ impl Sweeper {
     fn mark_stuck(&self, now: u64) {
         let stuck_after = STUCK_AFTER.as_millis() as u64;
         for entry in self.conns.iter() {
-            let outbox = entry.value();
-            let since = outbox.watch.stalled_since.load(Ordering::Relaxed);
+            let outbox = &entry.value().outbox;
+            let since = entry.value().clocks.stalled_since.load(Ordering::Relaxed);
             if since != 0 && now.saturating_sub(since) >= stuck_after && !outbox.is_stuck() {
                 outbox.set_stuck(true);
             }
@@ -194,14 +212,13 @@ impl Sweeper {
         let ping = self.ping_interval.as_millis() as u64;
         let stall = WRITE_TIMEOUT.as_millis() as u64;
         for entry in self.conns.iter() {
-            let outbox = entry.value();
-            let w = &outbox.watch;
+            let Watched { outbox, clocks: w } = entry.value();
             let expires = w.expires.load(Ordering::Relaxed);
             let stalled_since = w.stalled_since.load(Ordering::Relaxed);
             if stalled_since != 0 && now.saturating_sub(stalled_since) >= stall {
-                if !w.abandoned.swap(true, Ordering::Relaxed) {
+                // No close frame fits a full socket: the connection is dropped.
+                if outbox.close(CloseReason::Stalled) {
                     metrics.slow_consumer_cut();
-                    outbox.close(CloseReason::SlowConsumer);
                 }
             } else if expires != 0 && now >= expires {
                 outbox.close(CloseReason::TokenExpired);
@@ -242,11 +259,11 @@ mod tests {
         s.watch(1, o.clone(), None, &Shutdown::default());
         s.sweep(t0 + Duration::from_millis(120), &metrics);
         let mut batch = VecDeque::new();
-        assert_eq!(o.take(&mut batch, &mut 0), None);
+        assert_eq!(o.take(&mut batch), None);
         assert_eq!(batch.len(), 1);
         assert!(batch[0].raw && &batch[0].bytes[..] == PING);
         s.sweep(t0 + Duration::from_millis(420), &metrics);
-        assert_eq!(o.take(&mut batch, &mut 0), Some(CloseReason::IdleTimeout));
+        assert_eq!(o.take(&mut batch), Some(CloseReason::IdleTimeout));
     }
 
     #[test]
@@ -258,41 +275,34 @@ mod tests {
         s.watch(1, o.clone(), None, &Shutdown::default());
         for i in 1..=6 {
             s.sweep(t0 + Duration::from_millis(100 * i), &metrics);
-            s.heard(&o.watch);
+            s.heard(1);
         }
         assert!(!o.is_closing());
     }
 
     #[test]
-    fn a_stalled_writer_is_abandoned_and_an_expired_token_closed() {
-        let mut s = Sweeper::new(Duration::from_secs(60), Duration::from_secs(60));
-        s.epoch = Instant::now() - Duration::from_secs(30);
+    fn a_stalled_writer_is_dropped_and_an_expired_token_closed() {
+        let s = Sweeper::new(Duration::from_secs(60), Duration::from_secs(60));
         let metrics = Metrics::new(false);
+        let t0 = Instant::now();
         let stalled = Arc::new(Outbox::new(16, Overflow::Close));
         s.watch(1, stalled.clone(), None, &Shutdown::default());
         let expiring = Arc::new(Outbox::new(16, Overflow::Close));
         s.watch(2, expiring.clone(), Some(SystemTime::now()), &Shutdown::default());
-        let stalled_for = |ms: u64| s.clock() - ms;
-        stalled
-            .watch
-            .stalled_since
-            .store(stalled_for(5_000), Ordering::Relaxed);
-        let later = Instant::now() + Duration::from_millis(5);
-        s.sweep(later, &metrics);
+        s.wrote(1, false, false);
+        s.sweep(t0 + Duration::from_secs(5), &metrics);
         let mut batch = VecDeque::new();
-        assert_eq!(expiring.take(&mut batch, &mut 0), Some(CloseReason::TokenExpired));
-        assert!(
-            !stalled.watch.abandoned(),
-            "not stalled for the write timeout yet"
-        );
-        stalled
-            .watch
-            .stalled_since
-            .store(stalled_for(11_000), Ordering::Relaxed);
-        s.sweep(later, &metrics);
-        assert!(stalled.watch.abandoned());
-        assert_eq!(stalled.take(&mut batch, &mut 0), Some(CloseReason::SlowConsumer));
+        assert_eq!(expiring.take(&mut batch), Some(CloseReason::TokenExpired));
+        assert!(!stalled.is_closing(), "not stalled for the write timeout yet");
+        // Progress restarts the stall clock.
+        s.wrote(1, true, false);
+        s.sweep(t0 + WRITE_TIMEOUT + Duration::from_secs(1), &metrics);
+        assert!(!stalled.is_closing(), "it made progress 5 s ago");
+        s.sweep(t0 + Duration::from_secs(5) + WRITE_TIMEOUT, &metrics);
+        assert_eq!(stalled.take(&mut batch), Some(CloseReason::Stalled));
         assert_eq!(metrics.slow_consumer_cuts(), 1);
+        s.sweep(t0 + Duration::from_secs(30), &metrics);
+        assert_eq!(metrics.slow_consumer_cuts(), 1, "counted once");
         s.forget(1);
         assert_eq!(s.len(), 1);
     }
@@ -304,13 +314,13 @@ mod tests {
         let o = Arc::new(Outbox::new(16, Overflow::Close));
         let t0 = Instant::now();
         s.watch(1, o.clone(), None, &Shutdown::default());
-        s.wrote(&o.watch, false, false);
+        s.wrote(1, false, false);
         s.sweep(t0 + STUCK_AFTER / 2, &metrics);
         assert!(!o.is_stuck(), "not for long enough");
         s.sweep(t0 + STUCK_AFTER * 2, &metrics);
         assert!(o.is_stuck());
         // A write that made progress restarts the clock.
-        s.wrote(&o.watch, true, false);
+        s.wrote(1, true, false);
         o.set_stuck(false);
         s.sweep(t0 + STUCK_AFTER * 2, &metrics);
         assert!(!o.is_stuck());

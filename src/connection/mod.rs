@@ -1,0 +1,236 @@
+//! One WebSocket connection after its handshake, run by one task from its
+//! first frame to its close: the socket loop ([`socket`]) carries bytes
+//! between the socket and the connection's [`Reader`]: a subscriber's
+//! [`session`], a publisher's ingest ([`ingest`]) or the test echo. The
+//! task has no timers of its own: the node's [`sweep`]er pings it and
+//! closes it on idleness, token expiry or a stalled socket.
+//!
+//! A connection is handed the handles it uses ([`Context`]), never the
+//! node; it never awaits fanout (commands go to the shards as controls)
+//! and never writes outside its outbox's writer.
+
+mod ingest;
+pub mod session;
+mod socket;
+pub mod sweep;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::auth::Identity;
+use crate::config::Config;
+use crate::fanout::Fanout;
+use crate::ingress::Ingress;
+use crate::metrics::Metrics;
+use crate::outbox::{Backlog, Outbox, Overflow};
+use crate::protocol::close::CloseReason;
+use crate::protocol::{Endpoint, LogSafe};
+use crate::registry::{Subscriber, SubscriberId};
+use crate::replication::Replication;
+use crate::shutdown::Shutdown;
+use session::{Effect, Session, SessionLimits};
+pub(crate) use socket::Reader;
+use socket::{Link, Loop};
+use sweep::Sweeper;
+
+/// What connections use of their node.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub fanout: Arc<Fanout>,
+    pub ingress: Arc<Ingress>,
+    /// Cluster mode's link to Redis; `None` in embedded mode.
+    pub replication: Option<Arc<Replication>>,
+    pub metrics: Arc<Metrics>,
+    pub backlog: Arc<Backlog>,
+    pub sweeper: Arc<Sweeper>,
+    pub shutdown: Arc<Shutdown>,
+}
+
+impl Context {
+    fn socket_loop<'a>(&'a self, outbox: &'a Outbox) -> Loop<'a> {
+        Loop {
+            outbox,
+            sweeper: &self.sweeper,
+            metrics: &self.metrics,
+        }
+    }
+
+    fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_subscriptions: self.config.max_subscriptions.get(),
+            commands_per_second: self.config.commands_per_second,
+            command_burst: self.config.command_burst,
+            rate_limit_strikes: self.config.rate_limit_strikes,
+        }
+    }
+
+    /// Carries out what a session asked for, in order.
+    fn apply(&self, outbox: &Outbox, effects: &mut Vec<Effect>) -> Option<CloseReason> {
+        let mut close = None;
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Reply(frame) => {
+                    outbox.push(frame, None);
+                }
+                Effect::Control(key, control) => self.fanout.control(&key, control),
+                Effect::Close(reason) => close = close.or(Some(reason)),
+            }
+        }
+        close
+    }
+}
+
+/// A socket whose handshake succeeded, ready to speak WebSocket.
+pub struct Accepted {
+    pub tcp: Arc<TcpStream>,
+    /// Bytes read past the handshake.
+    pub prefix: Bytes,
+    pub config: WebSocketConfig,
+    pub peer: SocketAddr,
+}
+
+impl Accepted {
+    /// Takes the TCP stream back from an upgraded HTTP connection; `None`
+    /// if it is not one (the server serves plain TCP; TLS ends at the proxy).
+    pub fn from_upgrade(upgraded: Upgraded, config: WebSocketConfig, peer: SocketAddr) -> Option<Accepted> {
+        let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+        Some(Accepted {
+            tcp: Arc::new(parts.io.into_inner()),
+            prefix: parts.read_buf,
+            config,
+            peer,
+        })
+    }
+}
+
+/// A subscriber's session as the socket loop sees it: it applies the
+/// session's effects as they come.
+struct SubscriberReader<'a> {
+    session: Session,
+    ctx: &'a Context,
+    outbox: &'a Outbox,
+    /// The effects of one command, reused.
+    effects: Vec<Effect>,
+}
+
+impl Reader for SubscriberReader<'_> {
+    async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
+        self.session
+            .on_text(text, Instant::now(), &mut self.effects)
+            .await;
+        self.ctx.apply(self.outbox, &mut self.effects)
+    }
+}
+
+/// Runs a subscriber connection to its end.
+pub async fn serve_subscriber(accepted: Accepted, ctx: Arc<Context>, endpoint: Endpoint, identity: Identity) {
+    let id = SubscriberId::next();
+    let peer = accepted.peer;
+    let overflow = match endpoint {
+        Endpoint::MarketData => ctx.config.market_data_overflow,
+        _ => Overflow::Close,
+    };
+    let capacity = ctx.config.outbound_queue_frames.get();
+    let outbox = Arc::new(
+        Outbox::counted(capacity, overflow, ctx.backlog.clone())
+            .with_max_bytes(ctx.config.outbound_queue_bytes.get()),
+    );
+    let sub = Arc::new(Subscriber {
+        id,
+        outbox: outbox.clone(),
+        access: identity.symbols.clone(),
+    });
+    let opened = Instant::now();
+    tracing::info!(conn = id.0, endpoint = endpoint.name(), user = %LogSafe(&identity.user), %peer, "connection opened");
+    ctx.metrics.connection_opened(endpoint);
+    ctx.sweeper
+        .watch(id.0, outbox.clone(), identity.expires_at, &ctx.shutdown);
+
+    // Boxed, like the other one-off steps: the task keeps only what it
+    // needs while the connection is open. (Not behind a shared helper: an
+    // async fn's parameters stay in its future for its whole life, and
+    // `accepted` there cost every idle connection 0.5 KiB.)
+    let mut link = Box::pin(Link::new(id.0, accepted, outbox.clone())).await;
+    let session = Session::new(
+        endpoint,
+        identity,
+        sub,
+        ctx.session_limits(),
+        ctx.metrics.clone(),
+        ctx.replication.clone(),
+    );
+    let mut reader = SubscriberReader {
+        session,
+        ctx: &ctx,
+        outbox: &outbox,
+        effects: Vec::new(),
+    };
+    Box::pin(reader.session.attach(&mut reader.effects)).await;
+    ctx.apply(&outbox, &mut reader.effects);
+    let end = socket::serve(&mut link, &ctx.socket_loop(&outbox), &mut reader).await;
+    closed(&ctx, id, &outbox);
+    reader.session.detach(&mut reader.effects);
+    ctx.apply(&outbox, &mut reader.effects);
+    ctx.metrics.connection_closed(endpoint);
+    tracing::info!(
+        conn = id.0,
+        endpoint = endpoint.name(),
+        user = %LogSafe(&reader.session.identity.user),
+        reason = %end,
+        secs = opened.elapsed().as_secs_f64(),
+        "connection closed"
+    );
+}
+
+/// A connection's socket ended: it closes now, not when fanout drops the
+/// outbox, and the sweeper stops watching it.
+fn closed(ctx: &Context, id: SubscriberId, outbox: &Outbox) {
+    outbox.set_socket(None);
+    ctx.sweeper.forget(id.0);
+}
+
+/// Runs a connection of the test-only `/ws/echo` route (feature
+/// `test-echo`) to its end, through the same socket handling as the
+/// protocol's endpoints, so that the Autobahn cases judge that.
+#[cfg(feature = "test-echo")]
+pub(crate) async fn serve_test_echo(
+    accepted: Accepted,
+    ctx: Arc<Context>,
+    reader: &mut impl Reader,
+    outbox: Arc<Outbox>,
+) {
+    let id = SubscriberId::next();
+    ctx.sweeper.watch(id.0, outbox.clone(), None, &ctx.shutdown);
+    let mut link = Link::new(id.0, accepted, outbox.clone()).await;
+    socket::serve(&mut link, &ctx.socket_loop(&outbox), reader).await;
+    closed(&ctx, id, &outbox);
+}
+
+/// Runs a publisher's `/ws/ingest` connection to its end.
+pub async fn serve_ingest(accepted: Accepted, ctx: Arc<Context>, publisher: Option<usize>) {
+    let id = SubscriberId::next();
+    tracing::info!(conn = id.0, endpoint = "ingest", peer = %accepted.peer, "connection opened");
+    ctx.metrics.connection_opened(Endpoint::Ingest);
+    let outbox = Arc::new(
+        Outbox::new(ctx.config.outbound_queue_frames.get(), Overflow::Close)
+            .with_max_bytes(ctx.config.outbound_queue_bytes.get()),
+    );
+    ctx.sweeper.watch(id.0, outbox.clone(), None, &ctx.shutdown);
+    let mut link = Link::new(id.0, accepted, outbox.clone()).await;
+    let mut reader = ingest::Publisher {
+        ingress: ctx.ingress.clone(),
+        outbox: outbox.clone(),
+        key: publisher,
+    };
+    let end = socket::serve(&mut link, &ctx.socket_loop(&outbox), &mut reader).await;
+    closed(&ctx, id, &outbox);
+    ctx.metrics.connection_closed(Endpoint::Ingest);
+    tracing::info!(conn = id.0, endpoint = "ingest", reason = %end, "connection closed");
+}
