@@ -39,6 +39,29 @@ pub struct Node {
     per_ip: DashMap<IpAddr, usize>,
 }
 
+/// Why a new WebSocket connection is refused before its upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("not ready: this node cannot reach Redis")]
+    NotReady,
+    #[error("this node holds its maximum of {max} connections")]
+    NodeFull { max: usize },
+    #[error("at most {max} connections per client address")]
+    AddressFull { max: usize },
+}
+
+impl AdmitError {
+    /// The HTTP status of the refusal: the one place admission maps to HTTP.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdmitError::AddressFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
 /// Holds one place under the connection limits until dropped.
 pub struct ConnectionPermit {
     node: Arc<Node>,
@@ -114,27 +137,21 @@ impl Node {
     }
 
     /// Takes a place for a new WebSocket connection, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, (StatusCode, String)> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, AdmitError> {
         if self.shutdown.is_triggered() {
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()));
+            return Err(AdmitError::ShuttingDown);
         }
         let max = self.config.max_connections.get();
         if self.open.fetch_add(1, Ordering::Relaxed) >= max {
             self.open.fetch_sub(1, Ordering::Relaxed);
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("this node holds its maximum of {max} connections"),
-            ));
+            return Err(AdmitError::NodeFull { max });
         }
         if let Some(per_ip) = self.config.max_connections_per_ip {
             let mut n = self.per_ip.entry(ip).or_insert(0);
             if *n >= per_ip.get() {
                 drop(n);
                 self.open.fetch_sub(1, Ordering::Relaxed);
-                return Err((
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("at most {per_ip} connections per client address"),
-                ));
+                return Err(AdmitError::AddressFull { max: per_ip.get() });
             }
             *n += 1;
         }

@@ -127,7 +127,7 @@ impl Ingress {
         key: Option<&str>,
     ) -> Result<Outcome, ProtocolError> {
         if let Some(budget) = publisher.and_then(|i| self.budgets.get(i)) {
-            let entries = count_entries(body);
+            let entries = crate::protocol::outline(body).entries;
             let ok = budget
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -442,47 +442,6 @@ fn take_publish_id(mut u: Update) -> Result<(Update, Option<String>), ProtocolEr
     }
 }
 
-/// Entries in a body without decoding it: top-level array elements, or 1.
-fn count_entries(body: &[u8]) -> u32 {
-    let start = body.iter().position(|b| !b.is_ascii_whitespace());
-    if start.map(|i| body[i]) != Some(b'[') {
-        return 1;
-    }
-    let (mut depth, mut in_string, mut escaped, mut count, mut any) = (0i32, false, false, 0u32, false);
-    for &b in &body[start.unwrap_or(0)..] {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => {
-                in_string = true;
-                any |= depth == 1;
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                if depth == 2 {
-                    any = true;
-                }
-            }
-            b']' | b'}' => depth -= 1,
-            b',' if depth == 1 => count += 1,
-            _ if depth == 1 && !b.is_ascii_whitespace() => any = true,
-            _ => {}
-        }
-    }
-    if any {
-        count + 1
-    } else {
-        0
-    }
-}
-
 fn unknown_signal() -> ProtocolError {
     ProtocolError::new(ErrorCode::InvalidField, "signal_id names no known signal")
 }
@@ -492,17 +451,4 @@ fn next_born() -> u64 {
     static BORN: AtomicU64 = AtomicU64::new(0);
     // Relaxed: only a rough age order is needed.
     BORN.fetch_add(1, Ordering::Relaxed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::count_entries;
-
-    #[test]
-    fn entries_are_counted_without_decoding() {
-        assert_eq!(count_entries(br#"{"a":[1,2]}"#), 1);
-        assert_eq!(count_entries(br#" [ {"a":"x,]"}, {"b":[1,2,3]}, 3 ]"#), 3);
-        assert_eq!(count_entries(b"[]"), 0);
-        assert_eq!(count_entries(br#"["a\",b"]"#), 1);
-    }
 }

@@ -235,7 +235,9 @@ pub const MAX_JSON_DEPTH: usize = 128;
 /// line-and-column message. Input nested deeper than [`MAX_JSON_DEPTH`]
 /// is refused before either parser sees it.
 pub fn parse_json(input: &[u8]) -> Result<serde_json::Value, ProtocolError> {
-    if !nesting_within(input, MAX_JSON_DEPTH) {
+    // Fast path: fewer openings than the limit cannot nest past it.
+    let openings = input.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    if openings > MAX_JSON_DEPTH && outline(input).depth > MAX_JSON_DEPTH {
         return Err(ProtocolError::new(
             ErrorCode::InvalidJson,
             format!("nested deeper than {MAX_JSON_DEPTH} levels"),
@@ -254,15 +256,25 @@ pub fn parse_json(input: &[u8]) -> Result<serde_json::Value, ProtocolError> {
     }
 }
 
-/// Whether `input`'s arrays and objects nest at most `max` deep. Exact for
-/// valid JSON; invalid JSON is refused by the parser's structure check
-/// before anything recurses, so under-counting it does no harm.
-fn nesting_within(input: &[u8], max: usize) -> bool {
-    // Fast path: fewer openings than the limit cannot nest past it.
-    if input.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
-        return true;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+/// What one pass over JSON text tells without parsing it: how deep its
+/// arrays and objects nest, and how many entries a top-level array has
+/// (1 for anything else, 0 for `[]`). The one pre-scanner of the server:
+/// the depth guard of [`parse_json`] and the publish rate limit (which
+/// counts a body's entries before decoding it) both read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outline {
+    pub depth: usize,
+    pub entries: u32,
+}
+
+/// Scans `input`. Exact for valid JSON; invalid JSON is refused by the
+/// parser's structure check before anything recurses, so miscounting it
+/// does no harm.
+pub fn outline(input: &[u8]) -> Outline {
+    let start = input.iter().position(|b| !b.is_ascii_whitespace());
+    let is_array = start.map(|i| input[i]) == Some(b'[');
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    let (mut commas, mut any) = (0u32, false);
     for &b in input {
         if in_string {
             match b {
@@ -274,18 +286,30 @@ fn nesting_within(input: &[u8], max: usize) -> bool {
             continue;
         }
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                in_string = true;
+                any |= depth == 1;
+            }
             b'[' | b'{' => {
                 depth += 1;
-                if depth > max {
-                    return false;
-                }
+                deepest = deepest.max(depth);
+                any |= depth == 2;
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => commas += 1,
+            _ if depth == 1 && !b.is_ascii_whitespace() => any = true,
             _ => {}
         }
     }
-    true
+    let entries = match (is_array, any) {
+        (false, _) => 1,
+        (true, true) => commas + 1,
+        (true, false) => 0,
+    };
+    Outline {
+        depth: deepest,
+        entries,
+    }
 }
 
 /// Current time as RFC 3339 UTC with microseconds, the format the server
@@ -297,6 +321,16 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outline_counts_depth_and_top_level_entries() {
+        let o = |s: &str| outline(s.as_bytes());
+        assert_eq!(o(r#"{"a":[1,2]}"#), Outline { depth: 2, entries: 1 });
+        assert_eq!(o(r#" [ {"a":"x,]"}, {"b":[1,2,3]}, 3 ]"#).entries, 3);
+        assert_eq!(o("[]").entries, 0);
+        assert_eq!(o(r#"["a\",b"]"#).entries, 1);
+        assert_eq!(o(&"[".repeat(200)).depth, 200);
+    }
 
     #[test]
     fn log_safe_escapes_control_characters() {

@@ -1,0 +1,221 @@
+//! WebSocket handshakes: the token or key checked before the upgrade
+//! (PROTOCOL.md 1.1), the connection limits, the upgrade itself, and the
+//! hand-over of the socket to its connection task.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::{auth_failure, authenticate, error_response, PeerAddr};
+use crate::auth::{self, Identity};
+use crate::connection::{self, Accepted};
+use crate::node::{AdmitError, ConnectionPermit, Node};
+use crate::protocol::Endpoint;
+
+/// Bytes a subscriber connection reads from its socket at a time (a larger
+/// message is still read whole): commands are small, and this buffer is
+/// held by every idle connection (`loadgen idle`: 4 KiB of it was a third
+/// of an idle connection's memory). A `subscribe` to a few symbols fits.
+const READ_BUFFER_BYTES: usize = 256;
+/// Publishers send large batches on `/ws/ingest`: read them in big chunks.
+const INGEST_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Frames are written once this much is buffered, or at the end of a batch.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+pub(super) fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Request) -> Response {
+    let headers = req.headers();
+    let identity = if endpoint == Endpoint::Ingest {
+        let key = auth::bearer(headers)
+            .map(str::to_string)
+            .or_else(|| req.uri().query().and_then(|q| auth::query_param(q, "api_key")));
+        match auth::check_api_key(key.as_deref(), &node.config.api_keys) {
+            Ok(index) => Identity::publisher(index),
+            Err(e) => return auth_failure(&node, e),
+        }
+    } else {
+        match authenticate(&node, headers, req.uri().query(), endpoint) {
+            Ok(id) => id,
+            Err(e) => return auth_failure(&node, e),
+        }
+    };
+    let key = match websocket_key(headers) {
+        Ok(k) => k,
+        Err(refusal) => return *refusal,
+    };
+    if !node.is_ready() && !node.shutdown.is_triggered() {
+        // A cluster node without its Redis link cannot resume a client
+        // correctly (it would answer from its own, possibly empty, memory):
+        // send new clients elsewhere, as /ready says. Open ones stay.
+        return *refuse(&node, AdmitError::NotReady);
+    }
+    let peer = peer_addr(&req);
+    let permit = match admit(&node, peer) {
+        Ok(p) => p,
+        Err(refusal) => return *refusal,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let max_message = if endpoint == Endpoint::Ingest {
+        node.config.max_publish_bytes
+    } else {
+        node.config.max_message_bytes
+    };
+    let read_buffer = if endpoint == Endpoint::Ingest {
+        INGEST_READ_BUFFER_BYTES
+    } else {
+        READ_BUFFER_BYTES
+    };
+    let config = ws_config(max_message, read_buffer);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let Some(accepted) = Accepted::from_upgrade(upgraded, config, peer) else {
+            tracing::warn!(%peer, "upgraded connection is not a TCP stream");
+            return;
+        };
+        run_connection(accepted, node, endpoint, identity, permit).await;
+    });
+    switching_protocols(&key)
+}
+
+/// The `Sec-WebSocket-Key` of a valid version-13 upgrade request, or the
+/// 426 that answers anything else (boxed, as in [`admit`]).
+fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return Err(Box::new(error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send an Upgrade request",
+        )));
+    };
+    if !header_has(headers, header::UPGRADE, "websocket")
+        || !header_has(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(Box::new(error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send an Upgrade request",
+        )));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut resp = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "only WebSocket version 13 is spoken",
+        );
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Err(Box::new(resp));
+    }
+    Ok(key)
+}
+
+fn peer_addr(req: &Request) -> SocketAddr {
+    req.extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// A place under the connection limits, or the 503/429 that refuses it
+/// (boxed: a `Response` is large, and refusals are the rare path).
+fn admit(node: &Arc<Node>, peer: SocketAddr) -> Result<ConnectionPermit, Box<Response>> {
+    node.admit(peer.ip()).map_err(|e| refuse(node, e))
+}
+
+/// A refused handshake, counted.
+fn refuse(node: &Node, e: AdmitError) -> Box<Response> {
+    node.metrics.handshake_rejected();
+    Box::new(error_response(e.status(), e))
+}
+
+/// The limits every WebSocket of a node is read and written with.
+fn ws_config(max_message: NonZeroUsize, read_buffer: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(read_buffer)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(16 * 1024 * 1024)
+        .max_message_size(Some(max_message.get()))
+        .max_frame_size(Some(max_message.get()))
+}
+
+fn switching_protocols(key: &HeaderValue) -> Response {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+        .body(Body::empty())
+        .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "handshake"))
+}
+
+/// `/ws/echo`, for the Autobahn conformance run only (feature `test-echo`):
+/// no token, but the same handshake checks, connection limits and
+/// WebSocket limits as `/ws/market-data/`.
+#[cfg(feature = "test-echo")]
+pub(super) async fn upgrade_echo(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    mut req: Request,
+) -> Response {
+    let key = match websocket_key(req.headers()) {
+        Ok(k) => k,
+        Err(refusal) => return *refusal,
+    };
+    let peer = peer_addr(&req);
+    let permit = match admit(&node, peer) {
+        Ok(p) => p,
+        Err(refusal) => return *refusal,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ws_config = ws_config(node.config.max_message_bytes, READ_BUFFER_BYTES);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let Some(accepted) = Accepted::from_upgrade(upgraded, ws_config, peer) else {
+            return;
+        };
+        crate::echo::serve(accepted, node.connections.clone()).await;
+        drop(permit);
+    });
+    switching_protocols(&key)
+}
+
+async fn run_connection(
+    accepted: Accepted,
+    node: Arc<Node>,
+    endpoint: Endpoint,
+    identity: Identity,
+    _permit: ConnectionPermit,
+) {
+    if endpoint == Endpoint::Ingest {
+        let publisher = identity.publisher_key();
+        // Boxed: the subscriber connections sharing this function should
+        // not carry the publisher's future inline.
+        Box::pin(connection::serve_ingest(
+            accepted,
+            node.connections.clone(),
+            publisher,
+        ))
+        .await;
+    } else {
+        connection::serve_subscriber(accepted, node.connections.clone(), endpoint, identity).await;
+    }
+}
