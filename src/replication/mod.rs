@@ -9,14 +9,16 @@
 //!
 //! The link to Redis is supervised: on loss the node keeps serving what it
 //! holds, reports not-ready, refuses publishes (503), and reconnects with
-//! backoff; after a reconnect it catches up every stream it follows from
-//! Redis's history before it takes live messages again, so nothing is lost
-//! or repeated. A heartbeat goes through every channel it listens on four
-//! times a second: a channel silent for a second means a wedged
+//! backoff; after a reconnect it catches up every stream a local
+//! subscriber follows from Redis's history before it takes live messages
+//! again, so nothing is lost or repeated (`recovery`). A heartbeat goes
+//! through every channel it listens on four times a second, from the end
+//! of the catch-up: a channel silent for a second means a wedged
 //! subscription, treated as a lost link.
 
 pub mod idempotency;
 pub mod layout;
+mod recovery;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,10 +32,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::fanout::{Control, Fetched, FetchedEntry, Inbound, Payload};
 use crate::history::EntryMeta;
+use crate::node::Node;
 use crate::protocol::encode::Frame;
 use crate::protocol::update::Update;
 use crate::protocol::{Seq, StreamKey, UpdateKind};
-use crate::server::Node;
 use layout::{Envelope, GROUPS};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
@@ -628,11 +630,7 @@ impl Replication {
         });
         self.sync_listening().await?;
 
-        let listened = self.wanted_groups();
-        let mut heads = self.heads(node).await;
-        self.check_epoch(&conn, &heads).await?;
-        heads.retain(|(key, _)| listened.contains(&layout::group_of(&layout::stream_id(key))));
-        self.catch_up(node, heads).await?;
+        self.recover(node, &conn).await?;
         self.up.store(true, Ordering::Release);
         node.metrics.set_redis_connected(true);
         tracing::info!(url = %crate::config::redacted_url(&self.url), cluster, node = %self.node_id, "Redis link up: ready");
@@ -802,92 +800,6 @@ impl Replication {
                 );
             }
             None => tracing::debug!("malformed envelope ignored"),
-        }
-        Ok(())
-    }
-
-    /// The newest `seq` of every stream this node follows.
-    async fn heads(&self, node: &Arc<Node>) -> Vec<(StreamKey, Seq)> {
-        let mut heads = Vec::new();
-        for ring in node.fanout.shards() {
-            let (reply, answer) = oneshot::channel();
-            ring.send_control(Control::Heads { reply });
-            if let Ok(h) = answer.await {
-                heads.extend(h);
-            }
-        }
-        heads
-    }
-
-    /// Notices a Redis that lost its data since this node last saw it, and
-    /// puts back every stream counter this node knows, so numbering goes on
-    /// where it stopped: no `seq` is given twice. Every node does the same;
-    /// a counter only ever rises.
-    async fn check_epoch(&self, conn: &Conn, heads: &[(StreamKey, Seq)]) -> Result<(), ReplicationError> {
-        let mut c = conn.clone();
-        let fresh = format!("{}-{}", self.node_id, layout::now_micros());
-        let set = redis::cmd("SET").arg("tw:epoch").arg(&fresh).arg("NX").to_owned();
-        let _: RValue = c.run(&set).await?;
-        let epoch: String = c.run(&redis::cmd("GET").arg("tw:epoch").to_owned()).await?;
-        let previous = self
-            .epoch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(epoch.clone());
-        if previous.is_none_or(|p| p == epoch) {
-            return Ok(());
-        }
-        tracing::warn!(
-            streams = heads.len(),
-            "Redis lost its data (restarted without persistence): re-seeding stream counters"
-        );
-        let raise = Script::new("local v = tonumber(redis.call('GET', KEYS[1]) or '0') if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end return 1");
-        for (key, head) in heads {
-            if head.0 == 0 {
-                continue;
-            }
-            let sid = layout::stream_id(key);
-            let counter = format!("{}seq:{sid}", layout::prefix(layout::group_of(&sid)));
-            let mut inv = raise.key(counter);
-            inv.arg(head.0);
-            let _: i64 = c.script(&inv).await?;
-        }
-        Ok(())
-    }
-
-    /// Brings every stream this node follows up to Redis's head, before
-    /// live messages (waiting in the push queue) are taken.
-    async fn catch_up(&self, node: &Arc<Node>, heads: Vec<(StreamKey, Seq)>) -> Result<(), ReplicationError> {
-        let mut caught = 0usize;
-        for (key, head) in heads {
-            let fetched = self.read_history(&key, head).await?;
-            for e in fetched.entries {
-                let inbound = Inbound {
-                    kind: e.kind,
-                    stream: key.clone(),
-                    meta: e.meta,
-                    payload: Payload::Sequenced {
-                        seq: e.seq,
-                        frame: e.frame,
-                    },
-                    received_at: Instant::now(),
-                };
-                if node
-                    .fanout
-                    .shard_for(&key)
-                    .push(inbound, REQUEST_TIMEOUT)
-                    .await
-                    .is_err()
-                {
-                    return Err(ReplicationError::Stalled(
-                        "fanout rings stayed full during catch-up".into(),
-                    ));
-                }
-                caught += 1;
-            }
-        }
-        if caught > 0 {
-            tracing::info!(messages = caught, "caught up from Redis history");
         }
         Ok(())
     }
