@@ -16,6 +16,11 @@ use tower::ServiceExt;
 use crate::config::Config;
 use crate::http::{router, PeerAddr};
 use crate::node::Node;
+use crate::replication::Handles;
+
+/// Ingest-channel messages waiting for ingress; past it the link drops
+/// them (and logs it) rather than stall fanout.
+const INGEST_CHANNEL_BACKLOG: usize = 4096;
 
 /// A started node: its address, and the task that runs it to the end.
 pub struct Running {
@@ -39,7 +44,15 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     };
     tracing::info!(mode, shards = node.config.shards.get(), "listening on {addr}");
     if let Some(replication) = &node.replication {
-        tokio::spawn(replication.clone().run(node.clone()));
+        // Messages of the Redis ingest channel, from the link to ingress.
+        let (ingest, ingest_rx) = tokio::sync::mpsc::channel(INGEST_CHANNEL_BACKLOG);
+        tokio::spawn(crate::ingress::redis::run(node.ingress.clone(), ingest_rx));
+        tokio::spawn(replication.clone().run(Handles {
+            fanout: node.fanout.clone(),
+            metrics: node.metrics.clone(),
+            shutdown: node.shutdown.clone(),
+            ingest,
+        }));
     }
     tokio::spawn(
         node.sweeper

@@ -20,6 +20,7 @@ use dashmap::DashMap;
 use serde_json::Value;
 
 mod outcome;
+pub mod redis;
 
 pub use outcome::{KeyRefusal, Outcome};
 

@@ -49,71 +49,12 @@ pub fn fingerprint(body: &[u8]) -> u64 {
 
 /// [`PUBLISH_LUA`] run for the entries whose id has no record, then each
 /// fresh entry's record written; see [`idempotent_script`].
-const IDEMPOTENT_LUA: &str = r#"
--- ARGV: those of publish.lua (6, then 9 per entry), then one id per entry
--- ("" for an entry without one), then the records' lifetime in ms.
--- Returns two integers per entry: publish.lua's result for it (its first
--- result when its id was already recorded, or named twice in this call)
--- and 1 when that result is a replay, else 0.
-local function publish_group(ARGV)
-%PUBLISH%
-end
-local p, n = ARGV[1], tonumber(ARGV[6])
-local ids = 7 + 9 * n
-local ttl = ARGV[ids + n]
-local fresh = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], 0}
-local taken, result, seen, first = {}, {}, {}, {}
-for e = 1, n do
-  local id = ARGV[ids + e - 1]
-  if id ~= '' and first[id] then
-    seen[e] = first[id]
-  else
-    local prior = false
-    if id ~= '' then
-      first[id] = e
-      prior = redis.call('GET', p .. 'pid:' .. id)
-    end
-    if prior then
-      result[e], seen[e] = tonumber(prior), true
-    else
-      local at = 7 + 9 * (e - 1)
-      for k = 0, 8 do
-        fresh[#fresh + 1] = ARGV[at + k]
-      end
-      taken[#taken + 1] = e
-    end
-  end
-end
-if #taken > 0 then
-  fresh[6] = #taken
-  local out = publish_group(fresh)
-  for k, e in ipairs(taken) do
-    result[e] = out[k]
-    local id = ARGV[ids + e - 1]
-    if id ~= '' then
-      redis.call('SET', p .. 'pid:' .. id, out[k], 'PX', ttl)
-    end
-  end
-end
-local reply = {}
-for e = 1, n do
-  local s = seen[e]
-  if type(s) == 'number' then
-    reply[2 * e - 1], reply[2 * e] = result[s], 1
-  else
-    reply[2 * e - 1], reply[2 * e] = result[e], s and 1 or 0
-  end
-end
-return reply
-"#;
+const IDEMPOTENT_LUA: &str = include_str!("publish_once.lua");
 
 /// Records a request's key with its body's fingerprint, unless it is
 /// recorded already: returns the recorded fingerprint, or nil when this
 /// call recorded it. ARGV: fingerprint, lifetime in ms.
-const CLAIM_REQUEST_LUA: &str = "local old = redis.call('GET', KEYS[1]) \
-if old then return old end \
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-return false";
+const CLAIM_REQUEST_LUA: &str = include_str!("claim_request.lua");
 
 /// The publish script wrapped so that named entries are taken once: one
 /// source for the publishing itself, so both paths number, store and
@@ -164,7 +105,15 @@ impl ReplicationError {
             ReplicationError::Unavailable => ReplicationError::Unavailable,
             ReplicationError::Redis(e) => ReplicationError::Redis(e.clone()),
             ReplicationError::Timeout(d) => ReplicationError::Timeout(*d),
-            ReplicationError::Stalled(why) => ReplicationError::Stalled(why.clone()),
+            ReplicationError::ClusterNotReady => ReplicationError::ClusterNotReady,
+            ReplicationError::PushClosed => ReplicationError::PushClosed,
+            ReplicationError::Disconnected => ReplicationError::Disconnected,
+            ReplicationError::FellBehind => ReplicationError::FellBehind,
+            ReplicationError::NoHeartbeat { channel, after } => ReplicationError::NoHeartbeat {
+                channel: channel.clone(),
+                after: *after,
+            },
+            ReplicationError::RingsFull => ReplicationError::RingsFull,
         }
     }
 }

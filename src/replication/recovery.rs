@@ -14,14 +14,14 @@
 //! `Replication::session`; the heartbeat clocks start once it is done.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use redis::{Script, Value as RValue};
 use tokio::sync::oneshot;
 
-use super::{layout, Conn, Node, Replication, ReplicationError, INGEST_BEAT, REQUEST_TIMEOUT};
+use super::{layout, Conn, Replication, ReplicationError, INGEST_BEAT, REQUEST_TIMEOUT};
+use crate::fanout::Fanout;
 use crate::fanout::{Control, Inbound, Payload};
 use crate::protocol::{Seq, StreamKey};
 
@@ -37,35 +37,28 @@ const COUNTERS_PER_CALL: usize = 512;
 /// Raises each counter `KEYS[i]` to `ARGV[i]` where it is lower, and
 /// returns the positions (from 1) of those it raised. A counter only ever
 /// rises, so every node may run it, in any order, any number of times.
-const RAISE_LUA: &str = "local raised = {} \
-   for i, key in ipairs(KEYS) do \
-     if tonumber(redis.call('GET', key) or '0') < tonumber(ARGV[i]) then \
-       redis.call('SET', key, ARGV[i]) \
-       raised[#raised + 1] = i \
-     end \
-   end \
-   return raised";
+const RAISE_LUA: &str = include_str!("raise_counters.lua");
 
 impl Replication {
     /// Runs everything between a new link and `up`; the heartbeat clocks
     /// start when it ends, so that however long it took counts as no
     /// silence.
-    pub(super) async fn recover(&self, node: &Arc<Node>, conn: &Conn) -> Result<(), ReplicationError> {
+    pub(super) async fn recover(&self, fanout: &Fanout, conn: &Conn) -> Result<(), ReplicationError> {
         let listened = self.wanted_groups();
-        let heads = self.heads(node).await;
+        let heads = self.heads(fanout).await;
         let reseeded = self.put_back_counters(conn, &heads).await?;
-        let mut live = self.relinked(node, reseeded).await;
+        let mut live = self.relinked(fanout, reseeded).await;
         live.retain(|(key, _)| listened.contains(&layout::group_of(&layout::stream_id(key))));
-        self.catch_up(node, live).await?;
+        self.catch_up(fanout, live).await?;
         self.start_heartbeat_clocks();
         Ok(())
     }
 
     /// The newest `seq` of every stream this node knows (see
     /// [`Control::Heads`]), followed or not.
-    async fn heads(&self, node: &Arc<Node>) -> Vec<(StreamKey, Seq)> {
+    async fn heads(&self, fanout: &Fanout) -> Vec<(StreamKey, Seq)> {
         let mut heads = Vec::new();
-        for ring in node.fanout.shards() {
+        for ring in fanout.shards() {
             let (reply, answer) = oneshot::channel();
             ring.send_control(Control::Heads { reply });
             if let Ok(h) = answer.await {
@@ -152,11 +145,11 @@ impl Replication {
     /// Tells every shard that the link is back (see [`Control::Relinked`]):
     /// each gets the re-seeded streams it owns; returns the heads of the
     /// streams with local subscribers.
-    async fn relinked(&self, node: &Arc<Node>, reseeded: Vec<(StreamKey, Seq)>) -> Vec<(StreamKey, Seq)> {
-        let shards = node.fanout.shards();
+    async fn relinked(&self, fanout: &Fanout, reseeded: Vec<(StreamKey, Seq)>) -> Vec<(StreamKey, Seq)> {
+        let shards = fanout.shards();
         let mut by_shard: Vec<Vec<(StreamKey, Seq)>> = vec![Vec::new(); shards.len()];
         for (key, head) in reseeded {
-            let owner = node.fanout.shard_for(&key);
+            let owner = fanout.shard_for(&key);
             if let Some(i) = shards.iter().position(|s| std::ptr::eq(&**s, owner)) {
                 by_shard[i].push((key, head));
             }
@@ -176,7 +169,7 @@ impl Replication {
     /// messages (waiting in the push queue) are taken: [`IN_FLIGHT`] reads
     /// at once, each stream's messages handed to fanout in order as its
     /// read completes (a stream is one read, so its order holds).
-    async fn catch_up(&self, node: &Arc<Node>, heads: Vec<(StreamKey, Seq)>) -> Result<(), ReplicationError> {
+    async fn catch_up(&self, fanout: &Fanout, heads: Vec<(StreamKey, Seq)>) -> Result<(), ReplicationError> {
         let mut reads = stream::iter(heads)
             .map(|(key, head)| async move {
                 let fetched = self.read_history(&key, head).await;
@@ -185,7 +178,7 @@ impl Replication {
             .buffer_unordered(IN_FLIGHT);
         let mut caught = 0usize;
         while let Some((key, fetched)) = reads.next().await {
-            let ring = node.fanout.shard_for(&key);
+            let ring = fanout.shard_for(&key);
             for e in fetched?.entries {
                 let inbound = Inbound {
                     kind: e.kind,
@@ -198,9 +191,7 @@ impl Replication {
                     received_at: Instant::now(),
                 };
                 if ring.push(inbound, REQUEST_TIMEOUT).await.is_err() {
-                    return Err(ReplicationError::Stalled(
-                        "fanout rings stayed full during catch-up".into(),
-                    ));
+                    return Err(ReplicationError::RingsFull);
                 }
                 caught += 1;
             }
@@ -246,6 +237,7 @@ fn counter_calls(heads: &[(StreamKey, Seq)]) -> Vec<Vec<(usize, String, Seq)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn each_counter_call_touches_one_group_and_every_counter_is_in_one_call() {
