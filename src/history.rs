@@ -27,17 +27,6 @@ pub struct Entry {
     kept_at: Instant,
 }
 
-/// What a resuming client is owed, from [`History::replay`].
-#[derive(Debug, PartialEq, Eq)]
-pub struct Replay {
-    /// `Some(oldest kept)` when the window no longer reaches back to the
-    /// client's `since` (or the client names a `seq` this server never gave,
-    /// as after a restart of an embedded node): the client must reload.
-    pub reset: Option<Seq>,
-    /// Index of the first entry to send; entries from there on are sent.
-    pub from: usize,
-}
-
 #[derive(Debug)]
 pub struct History {
     entries: VecDeque<Entry>,
@@ -84,41 +73,6 @@ impl History {
     pub fn oldest(&self) -> Option<Seq> {
         self.entries.front().map(|e| e.seq)
     }
-
-    /// Plans the replay for a client that last saw `since`, on a stream
-    /// whose newest `seq` is `head`.
-    pub fn replay(&self, since: Seq, head: Seq) -> Replay {
-        let after = |seq: Seq| self.entries.partition_point(|e| e.seq <= seq);
-        if since > head {
-            // A seq from the future: this node lost its state. Everything it
-            // has is new to the client.
-            let oldest = self.oldest().unwrap_or(Seq(head.0 + 1));
-            return Replay {
-                reset: Some(oldest),
-                from: 0,
-            };
-        }
-        if since == head {
-            return Replay {
-                reset: None,
-                from: self.entries.len(),
-            };
-        }
-        match self.oldest() {
-            Some(oldest) if oldest.0 <= since.0 + 1 => Replay {
-                reset: None,
-                from: after(since),
-            },
-            Some(oldest) => Replay {
-                reset: Some(oldest),
-                from: 0,
-            },
-            None => Replay {
-                reset: Some(Seq(head.0 + 1)),
-                from: 0,
-            },
-        }
-    }
 }
 
 #[cfg(test)]
@@ -142,53 +96,6 @@ mod tests {
     }
 
     #[test]
-    fn replay_within_the_window_sends_exactly_the_missed() {
-        let h = filled(10, 4);
-        assert_eq!(h.replay(Seq(8), Seq(10)), Replay { reset: None, from: 2 });
-        assert_eq!(h.replay(Seq(6), Seq(10)), Replay { reset: None, from: 0 });
-        assert_eq!(h.replay(Seq(10), Seq(10)), Replay { reset: None, from: 4 });
-    }
-
-    #[test]
-    fn replay_past_the_window_resets_to_the_oldest_kept() {
-        let h = filled(10, 4);
-        assert_eq!(
-            h.replay(Seq(5), Seq(10)),
-            Replay {
-                reset: Some(Seq(7)),
-                from: 0
-            }
-        );
-        assert_eq!(
-            h.replay(Seq(0), Seq(10)),
-            Replay {
-                reset: Some(Seq(7)),
-                from: 0
-            }
-        );
-    }
-
-    #[test]
-    fn a_seq_from_the_future_resets() {
-        let h = filled(3, 4);
-        assert_eq!(
-            h.replay(Seq(50), Seq(3)),
-            Replay {
-                reset: Some(Seq(1)),
-                from: 0
-            }
-        );
-        let empty = History::new(4, Duration::from_secs(1));
-        assert_eq!(
-            empty.replay(Seq(50), Seq(0)),
-            Replay {
-                reset: Some(Seq(1)),
-                from: 0
-            }
-        );
-    }
-
-    #[test]
     fn old_entries_expire() {
         let mut h = History::new(10, Duration::from_millis(10));
         let t0 = Instant::now();
@@ -200,12 +107,5 @@ mod tests {
             t0 + Duration::from_millis(20),
         );
         assert_eq!(h.oldest(), Some(Seq(2)));
-        assert_eq!(
-            h.replay(Seq(0), Seq(2)),
-            Replay {
-                reset: Some(Seq(2)),
-                from: 0
-            }
-        );
     }
 }

@@ -5,13 +5,12 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::outbox::Backlog;
 use crate::protocol::{Endpoint, UpdateKind};
 
 /// Latency in microseconds, 1 µs to 60 s, 3 significant digits.
@@ -60,8 +59,17 @@ pub struct Metrics {
     pub publish_to_write: LatencyHistogram,
     redis_configured: AtomicBool,
     redis_connected: AtomicBool,
-    /// How far behind subscribers are; fanout's back-pressure signal.
-    pub backlog: Arc<Backlog>,
+}
+
+/// What fanout reports of itself for the stats and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct FanoutGauges {
+    /// Updates waiting in each shard's ring.
+    pub ring_depths: Vec<usize>,
+    /// Subscribers behind (the back-pressure signal's count).
+    pub subscribers_behind: usize,
+    /// Times a worker paused for back-pressure.
+    pub backpressure_pauses: u64,
 }
 
 // All counters are Relaxed: each is an independent tally read for display.
@@ -149,7 +157,8 @@ impl Metrics {
     }
 
     /// The JSON of `/api/stats`.
-    pub fn stats_json(&self, ring_depths: &[usize]) -> Value {
+    pub fn stats_json(&self, fanout: &FanoutGauges) -> Value {
+        let ring_depths = &fanout.ring_depths;
         let conns: serde_json::Map<String, Value> = Endpoint::ALL
             .iter()
             .map(|e| {
@@ -183,8 +192,8 @@ impl Metrics {
             "rejected_publishes": self.rejected_publishes.load(Ordering::Relaxed),
             "rate_limited_commands": self.rate_limited_commands.load(Ordering::Relaxed),
             "ring_depths": ring_depths,
-            "subscribers_behind": self.backlog.behind(),
-            "backpressure_pauses": self.backlog.pauses(),
+            "subscribers_behind": fanout.subscribers_behind,
+            "backpressure_pauses": fanout.backpressure_pauses,
             "latency_us": {
                 "publish_to_enqueue": percentiles(&self.publish_to_enqueue.snapshot()),
                 "publish_to_write": percentiles(&self.publish_to_write.snapshot()),
@@ -193,7 +202,8 @@ impl Metrics {
     }
 
     /// The Prometheus text of `/metrics`.
-    pub fn prometheus(&self, ring_depths: &[usize]) -> String {
+    pub fn prometheus(&self, fanout: &FanoutGauges) -> String {
+        let ring_depths = &fanout.ring_depths;
         let mut out = String::with_capacity(4096);
         let r = Ordering::Relaxed;
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
@@ -332,13 +342,13 @@ impl Metrics {
             "tickwire_subscribers_behind",
             "gauge",
             "Subscribers with a quarter of their queue (at most 256 frames) waiting; a quarter of all (and at least 16) pauses fanout.",
-            &[(String::new(), self.backlog.behind() as f64)],
+            &[(String::new(), fanout.subscribers_behind as f64)],
         );
         family(
             "tickwire_backpressure_pauses_total",
             "counter",
             "Times a fanout worker stopped taking updates because subscribers as a whole were behind.",
-            &[(String::new(), self.backlog.pauses() as f64)],
+            &[(String::new(), fanout.backpressure_pauses as f64)],
         );
         family(
             "tickwire_redis_connected",
@@ -437,12 +447,16 @@ mod tests {
         m.connection_opened(Endpoint::MarketData);
         m.wrote(3, 300);
         m.publish_to_write.record(Duration::from_micros(250));
-        let text = m.prometheus(&[0, 1]);
+        let gauges = FanoutGauges {
+            ring_depths: vec![0, 1],
+            ..FanoutGauges::default()
+        };
+        let text = m.prometheus(&gauges);
         assert!(text.contains("tickwire_connections{endpoint=\"market-data\"} 1"));
         assert!(text.contains("tickwire_messages_out_total 3"));
         assert!(text.contains("tickwire_ring_depth{shard=\"1\"} 1"));
         assert!(text.contains("tickwire_publish_to_write_seconds_count 1"));
-        let stats = m.stats_json(&[0]);
+        let stats = m.stats_json(&gauges);
         assert_eq!(stats["connections"]["market-data"], 1);
         assert_eq!(stats["mode"], "embedded");
     }

@@ -118,7 +118,7 @@ impl Node {
             ingress: ingress.clone(),
             replication: replication.clone(),
             metrics: metrics.clone(),
-            backlog: metrics.backlog.clone(),
+            backlog: fanout.backlog().clone(),
             sweeper: sweeper.clone(),
             shutdown: shutdown.clone(),
         });

@@ -54,11 +54,11 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
             ingest,
         }));
     }
-    tokio::spawn(
-        node.sweeper
-            .clone()
-            .run(node.metrics.clone(), node.shutdown.clone()),
-    );
+    tokio::spawn(node.sweeper.clone().run(
+        node.metrics.clone(),
+        node.fanout.backlog().clone(),
+        node.shutdown.clone(),
+    ));
     let task = tokio::spawn(serve(listener, node.clone()));
     Ok(Running { addr, node, task })
 }

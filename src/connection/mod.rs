@@ -26,10 +26,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::Identity;
 use crate::config::Config;
+use crate::fanout::backpressure::Backlog;
 use crate::fanout::Fanout;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
-use crate::outbox::{Backlog, Outbox, Overflow};
+use crate::outbox::{Outbox, Overflow};
 use crate::protocol::close::CloseReason;
 use crate::protocol::{Endpoint, LogSafe};
 use crate::registry::{Subscriber, SubscriberId};

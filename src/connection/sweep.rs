@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use dashmap::DashMap;
 
+use crate::fanout::backpressure::Backlog;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::close::CloseReason;
@@ -160,12 +161,12 @@ impl Sweeper {
     }
 
     /// Sweeps until shutdown.
-    pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, shutdown: Arc<Shutdown>) {
+    pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, backlog: Arc<Backlog>, shutdown: Arc<Shutdown>) {
         let mut last_sweep = 0;
         loop {
             // Faster while back-pressure holds, to find the clients that
             // stopped reading soon: they hold everyone else back until then.
-            let saturated = metrics.backlog.saturated();
+            let saturated = backlog.saturated();
             let pause = if saturated { MIN_PERIOD } else { self.period };
             tokio::select! {
                 _ = shutdown.wait() => {

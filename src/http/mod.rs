@@ -158,7 +158,7 @@ pub(super) fn auth_failure(node: &Node, e: AuthError) -> Response {
 }
 
 async fn stats(State(node): State<Arc<Node>>) -> Response {
-    let mut stats = node.metrics.stats_json(&node.fanout.ring_depths());
+    let mut stats = node.metrics.stats_json(&node.fanout.gauges());
     if let Some(r) = &node.replication {
         stats["redis"]["nodes"] = json!(r.nodes());
         stats["redis"]["node_id"] = json!(r.node_id());
@@ -170,7 +170,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.prometheus(&node.fanout.ring_depths()),
+        node.metrics.prometheus(&node.fanout.gauges()),
     )
         .into_response()
 }

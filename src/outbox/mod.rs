@@ -14,7 +14,8 @@
 //! past its queue.
 //!
 //! A lagging minority is handled by each one's policy; a lagging majority
-//! means the server itself is behind. [`Backlog`] tells the two apart, and
+//! means the server itself is behind. The back-pressure signal (the
+//! [`LagGauge`] an outbox reports to) tells the two apart, and
 //! fanout stops taking updates while it says so (back-pressure), instead
 //! of filling every queue to its limit. A subscriber whose socket stays
 //! full with no progress (the sweeper marks it *stuck*: its client stopped
@@ -22,7 +23,6 @@
 //! cannot keep up, not a client that stopped reading, which its own policy
 //! conflates or cuts.
 
-mod backlog;
 pub mod writer;
 
 use std::collections::{HashSet, VecDeque};
@@ -36,7 +36,6 @@ use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-pub use backlog::{Backlog, BEHIND_FRAMES, SATURATED_MIN_BEHIND};
 use writer::Writer;
 pub use writer::Wrote;
 
@@ -90,6 +89,24 @@ pub struct WriteOut {
     pub pending: bool,
 }
 
+/// A subscriber is *behind* when a quarter of its queue's capacity, and at
+/// most this many frames, wait in it: late enough that the writes carry
+/// many frames each, early enough that a queue never nears its limit.
+pub const BEHIND_FRAMES: usize = 256;
+
+/// Where a subscriber's outbox reports that it exists, fell behind or
+/// caught up: fanout's back-pressure signal
+/// ([`crate::fanout::backpressure::Backlog`]) listens. The outbox never
+/// knows who; it calls only when its state crosses the threshold.
+pub trait LagGauge: Send + Sync {
+    /// An outbox came to be.
+    fn opened(&self);
+    /// An outbox ended, behind or not.
+    fn closed(&self, was_behind: bool);
+    /// An outbox fell behind (`true`) or caught up (`false`).
+    fn behind(&self, behind: bool);
+}
+
 /// The default bound of a queue in bytes (`limits.outbound_queue_bytes`).
 pub const DEFAULT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -109,9 +126,9 @@ struct State {
     frames: VecDeque<Outgoing>,
     close: Option<CloseReason>,
     /// Frames the writer took and has not finished writing: they still
-    /// count as waiting, for the [`Backlog`].
+    /// count as waiting, for the back-pressure signal ([`LagGauge`]).
     in_flight: usize,
-    /// Counted as behind in the [`Backlog`].
+    /// Counted as behind in the back-pressure signal ([`LagGauge`]).
     behind: bool,
     /// Payload bytes of `frames`.
     bytes: usize,
@@ -135,7 +152,7 @@ pub struct Outbox {
     capacity: usize,
     overflow: Overflow,
     /// Where a subscriber's outbox counts; `None` for a publisher's.
-    backlog: Option<Arc<Backlog>>,
+    backlog: Option<Arc<dyn LagGauge>>,
     /// Frames waiting from which it counts as behind.
     behind_at: usize,
     /// The queue's bound in bytes.
@@ -190,12 +207,12 @@ impl Outbox {
     }
 
     /// A subscriber's outbox, counted in `backlog` for as long as it lives.
-    pub fn counted(capacity: usize, overflow: Overflow, backlog: Arc<Backlog>) -> Outbox {
-        backlog.outboxes.fetch_add(1, Ordering::Relaxed);
+    pub fn counted(capacity: usize, overflow: Overflow, backlog: Arc<dyn LagGauge>) -> Outbox {
+        backlog.opened();
         Outbox::with_backlog(capacity, overflow, Some(backlog))
     }
 
-    fn with_backlog(capacity: usize, overflow: Overflow, backlog: Option<Arc<Backlog>>) -> Outbox {
+    fn with_backlog(capacity: usize, overflow: Overflow, backlog: Option<Arc<dyn LagGauge>>) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             writer: Mutex::new(Writer::default()),
@@ -223,12 +240,7 @@ impl Outbox {
         let behind = !state.stuck && state.frames.len() + state.in_flight >= self.behind_at;
         if behind != state.behind {
             state.behind = behind;
-            if behind {
-                backlog.behind.fetch_add(1, Ordering::Relaxed);
-            } else {
-                backlog.behind.fetch_sub(1, Ordering::Relaxed);
-                backlog.caught_up();
-            }
+            backlog.behind(behind);
         }
     }
 
@@ -498,7 +510,7 @@ impl Outbox {
     /// Marks the subscriber as having stopped reading (`true`: the sweeper
     /// saw its socket full with no progress for [`crate::sweep::STUCK_AFTER`])
     /// or reading again (`false`: a write made progress). A stuck
-    /// subscriber does not count as behind in the [`Backlog`].
+    /// subscriber does not count as behind in the back-pressure signal ([`LagGauge`]).
     pub fn set_stuck(&self, stuck: bool) {
         let mut state = self.lock();
         if state.stuck != stuck {
@@ -545,11 +557,8 @@ impl Outbox {
 impl Drop for Outbox {
     fn drop(&mut self) {
         if let Some(backlog) = &self.backlog {
-            backlog.outboxes.fetch_sub(1, Ordering::Relaxed);
             let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-            if state.behind {
-                backlog.behind.fetch_sub(1, Ordering::Relaxed);
-            }
+            backlog.closed(state.behind);
         }
     }
 }

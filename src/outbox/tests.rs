@@ -102,25 +102,6 @@ async fn the_queue_is_bounded_in_bytes_answers_included() {
 }
 
 #[tokio::test]
-async fn a_stuck_subscriber_is_not_counted_as_behind() {
-    let backlog = Arc::new(Backlog::default());
-    let o = Outbox::counted(1024, Overflow::Close, backlog.clone());
-    for _ in 0..BEHIND_FRAMES {
-        o.push(f("x"), None);
-    }
-    assert_eq!(backlog.behind(), 1);
-    o.set_stuck(true);
-    assert_eq!(backlog.behind(), 0);
-    o.push(f("x"), None);
-    assert_eq!(backlog.behind(), 0);
-    o.set_stuck(false);
-    assert_eq!(backlog.behind(), 1);
-}
-
-/// One owner writes at a time; frames queued while a batch is stuck
-/// wait in the queue, and the writer takes them once the batch is out,
-/// without anyone owing it a wake.
-#[tokio::test]
 async fn the_writer_owns_the_socket_and_takes_late_frames_after_a_stuck_batch() {
     use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -154,35 +135,4 @@ async fn the_writer_owns_the_socket_and_takes_late_frames_after_a_stuck_batch() 
     assert_eq!(o.len(), 0, "the late frame went out in the same call");
     let got = reader.await.unwrap();
     assert_eq!(&got[got.len() - 6..], b"\x81\x04late");
-}
-
-#[tokio::test]
-async fn the_backlog_counts_subscribers_behind_until_their_writer_takes_the_queue() {
-    let backlog = Arc::new(Backlog::default());
-    let outboxes: Vec<Outbox> = (0..4 * SATURATED_MIN_BEHIND)
-        .map(|_| Outbox::counted(1024, Overflow::Close, backlog.clone()))
-        .collect();
-    // A lagging minority is not saturation.
-    for o in &outboxes[..SATURATED_MIN_BEHIND - 1] {
-        for _ in 0..256 {
-            o.push(f("x"), None);
-        }
-    }
-    assert_eq!(backlog.behind(), SATURATED_MIN_BEHIND - 1);
-    assert!(!backlog.saturated());
-    // A quarter of everyone, at least the minimum, is.
-    for _ in 0..BEHIND_FRAMES {
-        outboxes[SATURATED_MIN_BEHIND - 1].push(f("x"), None);
-    }
-    assert!(backlog.saturated());
-    let mut batch = VecDeque::new();
-    outboxes[0].next_batch(&mut batch).await;
-    assert_eq!(backlog.behind(), SATURATED_MIN_BEHIND - 1);
-    assert!(!backlog.saturated());
-    // A slow consumer's cleared queue and a dropped outbox leave the count.
-    outboxes[1].close(CloseReason::SlowConsumer);
-    assert_eq!(backlog.behind(), SATURATED_MIN_BEHIND - 2);
-    drop(outboxes);
-    assert_eq!(backlog.behind(), 0);
-    assert_eq!(backlog.outboxes.load(Ordering::Relaxed), 0);
 }

@@ -115,6 +115,11 @@ pub enum SignalType {
 }
 
 impl SignalType {
+    /// For filters given as text in HTTP queries, in any case.
+    pub fn parse_loose(s: &str) -> Option<SignalType> {
+        SignalType::from_wire(&s.to_ascii_uppercase())
+    }
+
     pub fn from_wire(s: &str) -> Option<Self> {
         Some(match s {
             "BUY" => SignalType::Buy,
