@@ -632,3 +632,56 @@ async fn flood_unpublished_symbols(node: &Api, tag: &str, time: Duration) -> usi
     }
     total
 }
+
+/// A startup failure is one line that names its subject (here the
+/// address), and the process exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_startup_error_names_the_address_in_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = Scratch::new();
+    let out = tickwire(
+        &dir.0,
+        &["--listen", &addr, "--jwt-secret", SECRET, "--api-key", API_KEY],
+    )
+    .output()
+    .expect("run tickwire");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].contains(&addr) && lines[0].contains("in use"),
+        "{stderr}"
+    );
+}
+
+/// `since` naming thousands of symbols is decoded in linear time: the
+/// command of the report (1 000 symbols, 5 971 keys) is answered, and its
+/// resume points are the ones given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_with_thousands_of_since_keys_is_answered() {
+    let s = start_with(|o| o.max_subscriptions = Some(1_000)).await;
+    s.publish_ok(json!([
+        market_update("S1", 1.0),
+        market_update("S1", 2.0),
+        market_update("S1", 3.0)
+    ]))
+    .await;
+    let mut c = s.connect("market-data", "alice").await;
+    // Short names, so that the command fits limits.max_message_bytes.
+    let symbols: Vec<String> = (0..1_000).map(|i| format!("S{i}")).collect();
+    let since: serde_json::Map<String, serde_json::Value> =
+        (0..5_971).map(|i| (format!("S{i}"), json!(1))).collect();
+    c.send(json!({"type": "subscribe", "symbols": symbols, "since": since}))
+        .await;
+    assert_eq!(
+        c.recv_type("subscribed").await["symbols"]
+            .as_array()
+            .map(Vec::len),
+        Some(1_000)
+    );
+    // S1 resumes after seq 1: it gets 2 and 3, nothing else is owed.
+    assert_eq!(c.recv_type("market_update").await["seq"], 2);
+    assert_eq!(c.recv_type("market_update").await["seq"], 3);
+}
