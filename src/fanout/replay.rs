@@ -198,7 +198,10 @@ mod tests {
         let sub = subscriber();
         // Redis reaches further back (3..) and further ahead (..12).
         let f = fetched(3..=12, 12);
-        assert_eq!(replay(&sub, &key, &mut s, Seq(4), Some(&f), None, |_| true), Seq(12));
+        assert_eq!(
+            replay(&sub, &key, &mut s, Seq(4), Some(&f), None, |_| true),
+            Seq(12)
+        );
         assert_eq!(got(&sub), updates(5..=12));
     }
 }
