@@ -84,6 +84,9 @@ impl Context {
                 Effect::Close(reason) => close = close.or(Some(reason)),
             }
         }
+        // Commands are rare; the room for their effects is not kept by
+        // every idle connection (it was 0.6 KiB of each).
+        *effects = Vec::new();
         close
     }
 }
@@ -117,7 +120,7 @@ struct SubscriberReader<'a> {
     session: Session,
     ctx: &'a Context,
     outbox: &'a Outbox,
-    /// The effects of one command, reused.
+    /// The effects of one command (emptied, and freed, after each).
     effects: Vec<Effect>,
 }
 
