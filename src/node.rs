@@ -112,16 +112,16 @@ impl Node {
         ));
         let sweeper = Arc::new(Sweeper::new(config.idle_timeout, config.ping_interval));
         let config = Arc::new(config);
-        let connections = Arc::new(Context {
-            config: config.clone(),
-            fanout: fanout.clone(),
-            ingress: ingress.clone(),
-            replication: replication.clone(),
-            metrics: metrics.clone(),
-            backlog: fanout.backlog().clone(),
-            sweeper: sweeper.clone(),
-            shutdown: shutdown.clone(),
-        });
+        let connections = Arc::new(Context::new(
+            config.clone(),
+            fanout.clone(),
+            ingress.clone(),
+            replication.clone(),
+            metrics.clone(),
+            fanout.backlog().clone(),
+            sweeper.clone(),
+            shutdown.clone(),
+        ));
         Arc::new(Node {
             config,
             fanout,

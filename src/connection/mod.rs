@@ -36,7 +36,7 @@ use crate::protocol::{Endpoint, LogSafe};
 use crate::registry::{Subscriber, SubscriberId};
 use crate::replication::Replication;
 use crate::shutdown::Shutdown;
-use session::{Effect, Session, SessionLimits};
+use session::{Effect, Session, SessionEnv, SessionLimits};
 pub(crate) use socket::Reader;
 use socket::{Link, Loop};
 use sweep::Sweeper;
@@ -52,23 +52,50 @@ pub struct Context {
     pub backlog: Arc<Backlog>,
     pub sweeper: Arc<Sweeper>,
     pub shutdown: Arc<Shutdown>,
+    /// What every session shares, made once.
+    sessions: Arc<SessionEnv>,
 }
 
 impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        fanout: Arc<Fanout>,
+        ingress: Arc<Ingress>,
+        replication: Option<Arc<Replication>>,
+        metrics: Arc<Metrics>,
+        backlog: Arc<Backlog>,
+        sweeper: Arc<Sweeper>,
+        shutdown: Arc<Shutdown>,
+    ) -> Context {
+        let sessions = Arc::new(SessionEnv {
+            limits: SessionLimits {
+                max_subscriptions: config.max_subscriptions.get(),
+                commands_per_second: config.commands_per_second,
+                command_burst: config.command_burst,
+                rate_limit_strikes: config.rate_limit_strikes,
+            },
+            metrics: metrics.clone(),
+            replication: replication.clone(),
+        });
+        Context {
+            config,
+            fanout,
+            ingress,
+            replication,
+            metrics,
+            backlog,
+            sweeper,
+            shutdown,
+            sessions,
+        }
+    }
+
     fn socket_loop<'a>(&'a self, outbox: &'a Outbox) -> Loop<'a> {
         Loop {
             outbox,
             sweeper: &self.sweeper,
             metrics: &self.metrics,
-        }
-    }
-
-    fn session_limits(&self) -> SessionLimits {
-        SessionLimits {
-            max_subscriptions: self.config.max_subscriptions.get(),
-            commands_per_second: self.config.commands_per_second,
-            command_burst: self.config.command_burst,
-            rate_limit_strikes: self.config.rate_limit_strikes,
         }
     }
 
@@ -84,9 +111,6 @@ impl Context {
                 Effect::Close(reason) => close = close.or(Some(reason)),
             }
         }
-        // Commands are rare; the room for their effects is not kept by
-        // every idle connection (it was 0.6 KiB of each).
-        *effects = Vec::new();
         close
     }
 }
@@ -120,16 +144,14 @@ struct SubscriberReader<'a> {
     session: Session,
     ctx: &'a Context,
     outbox: &'a Outbox,
-    /// The effects of one command (emptied, and freed, after each).
-    effects: Vec<Effect>,
 }
 
 impl Reader for SubscriberReader<'_> {
     async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
-        self.session
-            .on_text(text, Instant::now(), &mut self.effects)
-            .await;
-        self.ctx.apply(self.outbox, &mut self.effects)
+        // A fresh list per command: an idle connection keeps no room for one.
+        let mut effects = Vec::new();
+        self.session.on_text(text, Instant::now(), &mut effects).await;
+        self.ctx.apply(self.outbox, &mut effects)
     }
 }
 
@@ -162,26 +184,20 @@ pub async fn serve_subscriber(accepted: Accepted, ctx: Arc<Context>, endpoint: E
     // async fn's parameters stay in its future for its whole life, and
     // `accepted` there cost every idle connection 0.5 KiB.)
     let mut link = Box::pin(Link::new(id.0, accepted, outbox.clone())).await;
-    let session = Session::new(
-        endpoint,
-        identity,
-        sub,
-        ctx.session_limits(),
-        ctx.metrics.clone(),
-        ctx.replication.clone(),
-    );
+    let session = Session::new(endpoint, identity, sub, ctx.sessions.clone());
     let mut reader = SubscriberReader {
         session,
         ctx: &ctx,
         outbox: &outbox,
-        effects: Vec::new(),
     };
-    Box::pin(reader.session.attach(&mut reader.effects)).await;
-    ctx.apply(&outbox, &mut reader.effects);
+    let mut effects = Vec::new();
+    Box::pin(reader.session.attach(&mut effects)).await;
+    ctx.apply(&outbox, &mut effects);
     let end = socket::serve(&mut link, &ctx.socket_loop(&outbox), &mut reader).await;
     closed(&ctx, id, &outbox);
-    reader.session.detach(&mut reader.effects);
-    ctx.apply(&outbox, &mut reader.effects);
+    let mut effects = Vec::new();
+    reader.session.detach(&mut effects);
+    ctx.apply(&outbox, &mut effects);
     ctx.metrics.connection_closed(endpoint);
     tracing::info!(
         conn = id.0,

@@ -48,6 +48,15 @@ impl std::fmt::Debug for Effect {
     }
 }
 
+/// What every session of a node shares: its limits and the handles it
+/// uses. One per node, so that a session holds one pointer to it.
+pub struct SessionEnv {
+    pub limits: SessionLimits,
+    pub metrics: Arc<Metrics>,
+    /// Cluster mode's link to Redis.
+    pub replication: Option<Arc<Replication>>,
+}
+
 /// The limits a session enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
@@ -84,10 +93,7 @@ pub struct Session {
     sub: Arc<Subscriber>,
     symbols: HashSet<Arc<str>>,
     limit: RateLimit,
-    limits: SessionLimits,
-    metrics: Arc<Metrics>,
-    /// Cluster mode's link to Redis.
-    replication: Option<Arc<Replication>>,
+    env: Arc<SessionEnv>,
 }
 
 impl Session {
@@ -95,9 +101,7 @@ impl Session {
         endpoint: Endpoint,
         identity: Identity,
         sub: Arc<Subscriber>,
-        limits: SessionLimits,
-        metrics: Arc<Metrics>,
-        replication: Option<Arc<Replication>>,
+        env: Arc<SessionEnv>,
     ) -> Session {
         Session {
             endpoint,
@@ -105,12 +109,10 @@ impl Session {
             sub,
             symbols: HashSet::new(),
             limit: RateLimit {
-                bucket: TokenBucket::new(limits.commands_per_second, limits.command_burst),
+                bucket: TokenBucket::new(env.limits.commands_per_second, env.limits.command_burst),
                 strikes: 0,
             },
-            limits,
-            metrics,
-            replication,
+            env,
         }
     }
 
@@ -120,9 +122,9 @@ impl Session {
         let envelope = command::decode(text.as_bytes(), self.endpoint);
         let id = envelope.id.as_ref();
         if !self.limit.take(now) {
-            self.metrics.rate_limited();
-            if self.limit.strikes >= self.limits.rate_limit_strikes {
-                self.metrics.rate_limit_closed();
+            self.env.metrics.rate_limited();
+            if self.limit.strikes >= self.env.limits.rate_limit_strikes {
+                self.env.metrics.rate_limit_closed();
                 out.push(Effect::Close(CloseReason::RateLimited));
                 return;
             }
@@ -136,7 +138,7 @@ impl Session {
             Ok(c) => Box::pin(self.act(c, id, out)).await,
             Err(e) => Err(e),
         };
-        self.metrics.command(result.is_ok());
+        self.env.metrics.command(result.is_ok());
         if let Err(e) = result {
             out.push(Effect::Reply(encode::error(&e, id)));
         }
@@ -173,7 +175,7 @@ impl Session {
                     ));
                 }
                 let new = symbols.iter().filter(|s| !self.symbols.contains(*s)).count();
-                let limit = self.limits.max_subscriptions;
+                let limit = self.env.limits.max_subscriptions;
                 if self.symbols.len() + new > limit {
                     return Err(ProtocolError::new(
                         ErrorCode::TooManySubscriptions,
@@ -192,7 +194,7 @@ impl Session {
                         continue;
                     }
                     let since = if new { since.get(symbol).copied() } else { None };
-                    let fetched = match &self.replication {
+                    let fetched = match &self.env.replication {
                         Some(r) if new => {
                             r.want(&key).await;
                             match since {
@@ -218,7 +220,7 @@ impl Session {
                 for symbol in &symbols {
                     if self.symbols.remove(symbol) {
                         let key = StreamKey::Symbol(symbol.clone());
-                        if let Some(r) = &self.replication {
+                        if let Some(r) = &self.env.replication {
                             r.unwant(&key);
                         }
                         let control = Control::Unsubscribe {
@@ -245,7 +247,7 @@ impl Session {
                 }
                 let answer = encode::filtered(symbol.as_deref(), signal_type.map(|t| t.wire_name()), id);
                 let filter = SignalFilter { symbol, signal_type };
-                let fetched = match (&self.replication, since) {
+                let fetched = match (&self.env.replication, since) {
                     (Some(r), Some(since)) => r.fetch_history(&StreamKey::Signals, since).await.ok(),
                     _ => None,
                 };
@@ -260,7 +262,7 @@ impl Session {
             }
             Command::MarkRead { notification_id, key } => {
                 let user = self.identity.user.clone();
-                if let Some(r) = &self.replication {
+                if let Some(r) = &self.env.replication {
                     let frame = encode::notification_read(&notification_id, None);
                     let origin = format!("{}/{}", r.node_id(), self.sub.id.0);
                     match r.mark_read(&user, &key, &frame, &origin).await {
@@ -288,7 +290,7 @@ impl Session {
 
     /// Joins the streams a connection gets without asking.
     pub async fn attach(&self, out: &mut Vec<Effect>) {
-        if let (Some(r), Some(key)) = (&self.replication, self.own_stream()) {
+        if let (Some(r), Some(key)) = (&self.env.replication, self.own_stream()) {
             r.want(&key).await;
         }
         match self.endpoint {
@@ -304,7 +306,7 @@ impl Session {
             )),
             Endpoint::Notifications => {
                 let user = self.identity.user.clone();
-                let fetched = match &self.replication {
+                let fetched = match &self.env.replication {
                     Some(r) => r.fetch_unread(&user).await.ok(),
                     None => None,
                 };
@@ -331,7 +333,7 @@ impl Session {
     /// cluster mode, the node stops listening to groups nobody needs).
     pub fn detach(&self, out: &mut Vec<Effect>) {
         let id = self.sub.id;
-        if let Some(r) = &self.replication {
+        if let Some(r) = &self.env.replication {
             for symbol in &self.symbols {
                 r.unwant(&StreamKey::Symbol(symbol.clone()));
             }
@@ -393,14 +395,12 @@ mod tests {
             outbox: Arc::new(Outbox::new(16, Overflow::Close)),
             access: symbols,
         });
-        Session::new(
-            endpoint,
-            identity,
-            sub,
+        let env = SessionEnv {
             limits,
-            Arc::new(Metrics::new(false)),
-            None,
-        )
+            metrics: Arc::new(Metrics::new(false)),
+            replication: None,
+        };
+        Session::new(endpoint, identity, sub, Arc::new(env))
     }
 
     const LIMITS: SessionLimits = SessionLimits {
