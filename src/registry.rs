@@ -138,11 +138,17 @@ fn remove(map: &mut HashMap<Arc<str>, Vec<Member>>, key: &str, id: SubscriberId)
         list.retain(|m| m.sub.id != id);
         if list.is_empty() {
             map.remove(key);
-            // A flood of subscriptions that came and went gives its room back.
-            if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
-                map.shrink_to(map.len() * 2);
-            }
+            shrink(map);
         }
+    }
+}
+
+/// Gives memory back after a map shrank to a small part of what it holds
+/// room for (a flood of subscriptions came and went). For every map a
+/// shard's worker keeps per stream or user.
+pub fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 

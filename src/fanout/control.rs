@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::history::History;
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::{ErrorCode, ProtocolError, Seq, StreamKey};
-use crate::registry::{Subscriber, Throttle};
+use crate::registry::{shrink, Subscriber, Throttle};
 
 use super::replay::replay;
 use super::worker::*;

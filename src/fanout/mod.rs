@@ -349,14 +349,6 @@ impl Fanout {
     }
 }
 
-/// Gives memory back after a map shrank to a small part of what it holds
-/// room for (a flood of subscriptions came and went).
-fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
-        map.shrink_to(map.len() * 2);
-    }
-}
-
 /// The text of a panic's payload, for the log line of a dead worker.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{ConflationKey, Outbox, Push};
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::{Seq, StreamKey, UpdateKind};
-use crate::registry::{Member, Registry, Subscriber, SubscriberId};
+use crate::registry::{shrink, Member, Registry, Subscriber, SubscriberId};
 use crate::sequencer::Sequencer;
 
 use super::unread::Unread;

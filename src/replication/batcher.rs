@@ -26,6 +26,19 @@ pub(super) struct Job {
 }
 
 impl Replication {
+    /// The first arguments of the publishing script (publish.lua's, which
+    /// publish_once.lua passes on): the group's prefix and channel, the
+    /// publish command, the history and unread bounds, and how many
+    /// entries follow.
+    pub(super) fn script_head(&self, inv: &mut redis::ScriptInvocation<'_>, group: u64, entries: usize) {
+        inv.arg(layout::prefix(group))
+            .arg(layout::channel(group))
+            .arg(self.publish_command())
+            .arg(self.history_messages)
+            .arg(self.max_unread)
+            .arg(entries);
+    }
+
     /// Sends queued publishes to Redis in batches: everything waiting, up
     /// to [`MAX_BATCH`] entries, one script call per group, all groups at
     /// once; the next batch only after this one is answered, so a
@@ -73,12 +86,7 @@ impl Replication {
         let calls = groups.iter().map(|(group, places)| {
             let mut conn = conn.clone();
             let mut inv = self.publish_script.key(layout::channel(*group));
-            inv.arg(layout::prefix(*group))
-                .arg(layout::channel(*group))
-                .arg(self.publish_command())
-                .arg(self.history_messages)
-                .arg(self.max_unread)
-                .arg(places.len());
+            self.script_head(&mut inv, *group, places.len());
             for (j, e) in places {
                 for a in &batch[*j].entries[*e].args {
                     inv.arg(a.as_str());

@@ -181,12 +181,7 @@ impl Replication {
         let calls = groups.iter().map(|(group, places)| {
             let mut conn = conn.clone();
             let mut inv = idempotent_script().key(layout::channel(*group));
-            inv.arg(layout::prefix(*group))
-                .arg(layout::channel(*group))
-                .arg(self.publish_command())
-                .arg(self.history_messages)
-                .arg(self.max_unread)
-                .arg(places.len());
+            self.script_head(&mut inv, *group, places.len());
             for i in places {
                 for a in &named[*i].0.args {
                     inv.arg(a.as_str());
