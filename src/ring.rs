@@ -86,6 +86,16 @@ impl<U, C> Ring<U, C> {
         Ok(())
     }
 
+    /// Pushes an update without waiting and without waking the worker:
+    /// the caller pushes more and then calls [`Ring::wake`], so that the
+    /// worker takes them as one batch.
+    pub fn try_push_quiet(&self, update: U) -> Result<(), U> {
+        if self.is_dead() {
+            return Err(update);
+        }
+        self.updates.push(update)
+    }
+
     pub fn send_control(&self, control: C) {
         self.control.push(control);
         // Looked at after the push (SeqCst on both sides): either the dying
@@ -138,7 +148,7 @@ impl<U, C> Ring<U, C> {
         self.updates.capacity()
     }
 
-    /// Wakes the worker (for shutdown).
+    /// Wakes the worker (after quiet pushes, or for shutdown).
     pub fn wake(&self) {
         self.wake_worker.unpark();
     }

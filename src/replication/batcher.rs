@@ -14,7 +14,7 @@ use crate::protocol::update::Update;
 use crate::protocol::UpdateKind;
 
 /// One validated update on its way to Redis.
-pub(super) struct Entry {
+pub struct Entry {
     pub(super) group: u64,
     /// The 9 script arguments of the entry (see publish.lua).
     pub(super) args: [String; 9],
@@ -106,7 +106,16 @@ impl Replication {
     }
 }
 
-pub(super) fn entry(u: Update, claim: Option<String>, micros: u64) -> Entry {
+impl Entry {
+    /// The entry's arguments to the publishing script.
+    pub fn args(&self) -> &[String; 9] {
+        &self.args
+    }
+}
+
+/// The publishing script's arguments for one update (`claim`: the ingest
+/// message it belongs to; `micros`: when it was received).
+pub fn entry(u: Update, claim: Option<String>, micros: u64) -> Entry {
     let sid = layout::stream_id(&u.stream);
     let group = layout::group_of(&sid);
     let mut flags = String::new();

@@ -120,18 +120,34 @@ pub fn decode_meta(s: &str) -> EntryMeta {
     }
 }
 
+/// One update as Redis sequenced it.
+#[derive(Debug, PartialEq)]
+pub struct Sequenced<'a> {
+    pub kind: UpdateKind,
+    pub stream: StreamKey,
+    pub seq: Seq,
+    pub micros: u64,
+    pub meta: EntryMeta,
+    pub frame: &'a str,
+}
+
 /// What nodes say to each other on a group channel.
+///
+/// Two versions of the update envelope are read: `v1`, one update per
+/// message (what nodes of 0.1 publish), and `v2`, every update of one
+/// publishing-script call in one message, which is what `publish.lua`
+/// sends now:
+///
+/// ```text
+/// v2\n<count>\n then <count> times:
+/// <kind>\n<stream id>\n<seq>\n<µs>\n<symbol>\n<signal type>\n<key>\n<frame bytes>\n<frame>
+/// ```
+///
+/// The frame is length-prefixed, so it is taken as it is, whatever it holds.
 #[derive(Debug, PartialEq)]
 pub enum Envelope<'a> {
-    /// A sequenced update.
-    Update {
-        kind: UpdateKind,
-        stream: StreamKey,
-        seq: Seq,
-        micros: u64,
-        meta: EntryMeta,
-        frame: &'a str,
-    },
+    /// Sequenced updates of one group, in the order Redis gave them.
+    Updates(Vec<Sequenced<'a>>),
     /// A notification marked read; `origin` (`node/connection`) was answered already.
     Read {
         user: Arc<str>,
@@ -147,8 +163,16 @@ pub fn heartbeat(node: &str, micros: u64) -> String {
     format!("v1\nh\n{node}\n0\n{micros}\n\n\n\n")
 }
 
-/// Parses an envelope; `None` for anything malformed (never panics).
+/// Updates in a `v2` envelope at most; more is taken as malformed.
+pub const MAX_ENVELOPE_UPDATES: usize = 1 << 16;
+
+/// Parses an envelope; `None` for anything malformed (never panics). A
+/// `v2` envelope with one malformed update is refused whole: past it, the
+/// boundaries of the others cannot be trusted.
 pub fn decode_envelope(payload: &str) -> Option<Envelope<'_>> {
+    if let Some(rest) = payload.strip_prefix("v2\n") {
+        return decode_updates(rest).map(Envelope::Updates);
+    }
     let mut parts = payload.splitn(9, '\n');
     if parts.next()? != "v1" {
         return None;
@@ -176,15 +200,79 @@ pub fn decode_envelope(payload: &str) -> Option<Envelope<'_>> {
         }
         other => kind_of_code(other)?,
     };
-    let meta = decode_meta(&format!("{symbol}\n{signal_type}\n{key}"));
-    Some(Envelope::Update {
+    Some(Envelope::Updates(vec![Sequenced {
         kind,
         stream: parse_stream_id(sid)?,
         seq: Seq(seq),
         micros,
-        meta,
+        meta: meta_of(symbol, signal_type, key),
         frame,
-    })
+    }]))
+}
+
+fn decode_updates(text: &str) -> Option<Vec<Sequenced<'_>>> {
+    let (count, mut rest) = text.split_once('\n')?;
+    let count: usize = count.parse().ok()?;
+    if count > MAX_ENVELOPE_UPDATES {
+        return None;
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut line = || {
+            let (l, r) = rest.split_once('\n')?;
+            rest = r;
+            Some(l)
+        };
+        let kind = kind_of_code(line()?)?;
+        let stream = parse_stream_id(line()?)?;
+        let seq: u64 = line()?.parse().ok()?;
+        let micros: u64 = line()?.parse().ok()?;
+        let (symbol, signal_type, key) = (line()?, line()?, line()?);
+        let len: usize = line()?.parse().ok()?;
+        let frame = rest.get(..len)?;
+        rest = &rest[len..];
+        out.push(Sequenced {
+            kind,
+            stream,
+            seq: Seq(seq),
+            micros,
+            meta: meta_of(symbol, signal_type, key),
+            frame,
+        });
+    }
+    rest.is_empty().then_some(out)
+}
+
+fn meta_of(symbol: &str, signal_type: &str, key: &str) -> EntryMeta {
+    let name = |s: &str| (!s.is_empty()).then(|| Arc::from(s));
+    EntryMeta {
+        symbol: name(symbol),
+        signal_type: SignalType::from_wire(signal_type),
+        notification_key: name(key),
+    }
+}
+
+/// The `v2` envelope of `updates`, as `publish.lua` writes it; for tests
+/// and benches (in production Redis writes envelopes).
+pub fn encode_updates(updates: &[Sequenced<'_>]) -> String {
+    use std::fmt::Write;
+    let mut out = format!("v2\n{}\n", updates.len());
+    for u in updates {
+        let _ = write!(
+            out,
+            "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            kind_code(u.kind),
+            stream_id(&u.stream),
+            u.seq.0,
+            u.micros,
+            u.meta.symbol.as_deref().unwrap_or(""),
+            u.meta.signal_type.map_or("", |t| t.wire_name()),
+            u.meta.notification_key.as_deref().unwrap_or(""),
+            u.frame.len(),
+            u.frame
+        );
+    }
+    out
 }
 
 /// Microseconds since the Unix epoch.
@@ -220,24 +308,28 @@ mod tests {
     #[test]
     fn envelopes_round_trip() {
         let payload = "v1\nu\nsig\n12\n1700\nBTC-USD\nBUY\nsig-1\n{\"type\":\"signal_update\",\"seq\":12}";
-        let Some(Envelope::Update {
+        let Some(Envelope::Updates(updates)) = decode_envelope(payload) else {
+            panic!()
+        };
+        let [Sequenced {
             kind,
             stream,
             seq,
             meta,
             frame,
             micros,
-        }) = decode_envelope(payload)
+        }] = &updates[..]
         else {
             panic!()
         };
+        let (kind, stream, seq, micros) = (*kind, stream.clone(), *seq, *micros);
         assert_eq!(
             (kind, stream, seq, micros),
             (UpdateKind::SignalUpdate, StreamKey::Signals, Seq(12), 1700)
         );
         assert_eq!(meta.symbol.as_deref(), Some("BTC-USD"));
         assert_eq!(meta.signal_type, Some(SignalType::Buy));
-        assert_eq!(frame, "{\"type\":\"signal_update\",\"seq\":12}");
+        assert_eq!(*frame, "{\"type\":\"signal_update\",\"seq\":12}");
         let hb = heartbeat("node-1", 5);
         assert_eq!(
             decode_envelope(&hb),
@@ -253,6 +345,63 @@ mod tests {
         ));
         assert_eq!(decode_envelope("v2\nm"), None);
         assert_eq!(decode_envelope("v1\nm\ns:A\nnot-a-number\n0\n\n\n\n{}"), None);
+    }
+
+    fn sample() -> Vec<Sequenced<'static>> {
+        vec![
+            Sequenced {
+                kind: UpdateKind::MarketUpdate,
+                stream: StreamKey::Symbol("BTC-USD".into()),
+                seq: Seq(7),
+                micros: 1_700,
+                meta: meta_of("BTC-USD", "", ""),
+                frame: "{\"type\":\"market_update\",\"note\":\"two\\nlines é\",\"seq\":7}",
+            },
+            Sequenced {
+                kind: UpdateKind::NewNotification,
+                stream: StreamKey::User("a:b".into()),
+                seq: Seq(3),
+                micros: 1_701,
+                meta: meta_of("", "", "n-1"),
+                frame: "{\"type\":\"new_notification\",\"seq\":3}",
+            },
+            Sequenced {
+                kind: UpdateKind::NewSignal,
+                stream: StreamKey::Signals,
+                seq: Seq(12),
+                micros: 1_702,
+                meta: meta_of("ETH-USD", "SELL", "sig-9"),
+                frame: "{}",
+            },
+        ]
+    }
+
+    #[test]
+    fn batch_envelopes_round_trip_in_order() {
+        let updates = sample();
+        let text = encode_updates(&updates);
+        assert_eq!(decode_envelope(&text), Some(Envelope::Updates(updates)));
+        assert_eq!(decode_envelope("v2\n0\n"), Some(Envelope::Updates(vec![])));
+    }
+
+    #[test]
+    fn a_damaged_batch_envelope_is_refused_whole() {
+        let text = encode_updates(&sample());
+        // Cut anywhere, or one byte more: never a partial batch, never a panic.
+        for end in 0..text.len() {
+            if let Some(cut) = text.get(..end) {
+                assert_eq!(decode_envelope(cut), None, "cut at {end}");
+            }
+        }
+        assert_eq!(decode_envelope(&format!("{text}x")), None);
+        assert_eq!(decode_envelope(&text.replacen("\n3\n", "\n4\n", 1)), None);
+        assert_eq!(decode_envelope("v2\n99999999999\n"), None);
+        // A length that ends inside a multi-byte character.
+        let first = &sample()[..1];
+        let inside = first[0].frame.find('é').unwrap() + 1;
+        let bad =
+            encode_updates(first).replace(&format!("\n{}\n", first[0].frame.len()), &format!("\n{inside}\n"));
+        assert_eq!(decode_envelope(&bad), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::layout::Envelope;
 use super::*;
-use crate::fanout::{Control, Inbound, Payload};
+use crate::fanout::{Control, Inbound, Payload, ShardRing};
 use crate::protocol::encode::Frame;
 use crate::protocol::StreamKey;
 
@@ -128,7 +128,23 @@ impl Replication {
             tokio::select! {
                 push = push_rx.recv() => {
                     let Some(push) = push else { break Err(ReplicationError::PushClosed) };
-                    if let Err(e) = self.on_push(to, push).await {
+                    // Whatever else has arrived goes to the shards before
+                    // any worker is woken, so that it is fanned out, and
+                    // written, as one batch.
+                    let mut touched = Vec::new();
+                    let mut next = Some(push);
+                    let mut taken = 0;
+                    let mut relayed = Ok(());
+                    while let Some(push) = next.take() {
+                        relayed = self.on_push(to, push, &mut touched).await;
+                        taken += 1;
+                        if relayed.is_err() || taken == RELAY_BATCH {
+                            break;
+                        }
+                        next = push_rx.try_recv().ok();
+                    }
+                    touched.into_iter().for_each(ShardRing::wake);
+                    if let Err(e) = relayed {
                         break Err(e);
                     }
                 }
@@ -180,7 +196,15 @@ impl Replication {
         Ok(())
     }
 
-    pub(super) async fn on_push(&self, to: &Handles, push: PushInfo) -> Result<(), ReplicationError> {
+    /// Takes one message from Redis: updates go to their shards' rings
+    /// (whose workers the caller wakes, see `touched`), the rest is
+    /// handled here.
+    pub(super) async fn on_push<'h>(
+        &self,
+        to: &'h Handles,
+        push: PushInfo,
+        touched: &mut Vec<&'h ShardRing>,
+    ) -> Result<(), ReplicationError> {
         let (channel, payload) = match (push.kind, push.data.as_slice()) {
             (PushKind::Message | PushKind::SMessage, [channel, payload]) => {
                 (bytes_of(channel), bytes_of(payload))
@@ -235,31 +259,7 @@ impl Replication {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(from.to_string(), Instant::now());
             }
-            Some(Envelope::Update {
-                kind,
-                stream,
-                seq,
-                micros,
-                meta,
-                frame,
-            }) => {
-                let age = Duration::from_micros(layout::now_micros().saturating_sub(micros));
-                let received_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-                let inbound = Inbound {
-                    kind,
-                    stream,
-                    meta,
-                    payload: Payload::Sequenced {
-                        seq,
-                        frame: Frame::from(frame),
-                    },
-                    received_at,
-                };
-                let ring = to.fanout.shard_for(&inbound.stream);
-                if ring.push(inbound, REQUEST_TIMEOUT).await.is_err() {
-                    return Err(ReplicationError::RingsFull);
-                }
-            }
+            Some(Envelope::Updates(updates)) => self.relay(to, updates, touched).await?,
             Some(Envelope::Read {
                 user,
                 key,
@@ -283,6 +283,49 @@ impl Replication {
                 );
             }
             None => tracing::debug!("malformed envelope ignored"),
+        }
+        Ok(())
+    }
+
+    /// Hands the updates of one envelope to their shards without waking
+    /// their workers (the caller does, once for all it relayed, see
+    /// `touched`), so that a subscriber's frames of one batch share its
+    /// writes as they do in embedded mode.
+    async fn relay<'h>(
+        &self,
+        to: &'h Handles,
+        updates: Vec<layout::Sequenced<'_>>,
+        touched: &mut Vec<&'h ShardRing>,
+    ) -> Result<(), ReplicationError> {
+        let now_micros = layout::now_micros();
+        let now = Instant::now();
+        for u in updates {
+            let age = Duration::from_micros(now_micros.saturating_sub(u.micros));
+            let inbound = Inbound {
+                kind: u.kind,
+                stream: u.stream,
+                meta: u.meta,
+                payload: Payload::Sequenced {
+                    seq: u.seq,
+                    frame: Frame::from(u.frame),
+                },
+                received_at: now.checked_sub(age).unwrap_or(now),
+            };
+            let ring = to.fanout.shard_for(&inbound.stream);
+            match ring.try_push_quiet(inbound) {
+                Ok(()) => {
+                    if !touched.iter().any(|r| std::ptr::eq(*r, ring)) {
+                        touched.push(ring);
+                    }
+                }
+                Err(inbound) => {
+                    // Full: wake what waits, then wait for room like any publisher.
+                    touched.drain(..).for_each(ShardRing::wake);
+                    if ring.push(inbound, REQUEST_TIMEOUT).await.is_err() {
+                        return Err(ReplicationError::RingsFull);
+                    }
+                }
+            }
         }
         Ok(())
     }

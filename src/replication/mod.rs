@@ -24,6 +24,7 @@ pub mod layout;
 mod link;
 mod recovery;
 
+pub use batcher::{entry as script_entry, Entry as ScriptEntry};
 use batcher::{entry, Entry, Job};
 use conn::{within, Conn};
 use fetch::bytes_of;
@@ -33,6 +34,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use std::future::Future;
 
 use redis::Script;
 use tokio::sync::{mpsc, oneshot};
@@ -59,6 +62,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 const HEARTBEAT_LOST: Duration = Duration::from_secs(1);
 /// Messages waiting between the Redis connection and this node's fanout.
 const PUSH_QUEUE: usize = 1 << 16;
+/// Messages from Redis relayed to the shards at most before their workers
+/// are woken.
+const RELAY_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -80,6 +86,23 @@ pub enum ReplicationError {
     NoHeartbeat { channel: String, after: Duration },
     #[error("the fanout rings stayed full")]
     RingsFull,
+}
+
+/// Redis's answer to queued updates (see [`Replication::enqueue`]).
+pub struct Answer(oneshot::Receiver<Result<Vec<i64>, ReplicationError>>);
+
+impl Future for Answer {
+    type Output = Result<Vec<i64>, ReplicationError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // A reply dropped unsent: the batcher is gone, the batch was never sent.
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ReplicationError::Unavailable)))
+    }
 }
 
 /// The connection a node listens on, and the groups it listens to.
@@ -236,6 +259,20 @@ impl Replication {
         claim: Option<&str>,
         received_micros: u64,
     ) -> Result<Vec<i64>, ReplicationError> {
+        self.enqueue(updates, claim, received_micros).await?.await
+    }
+
+    /// Queues updates for Redis behind everything queued before them and
+    /// returns at once with the answer to come (as [`Replication::publish`]
+    /// gives it), so that a publisher can send its next batch meanwhile and
+    /// batches grow with the load. The order of `enqueue` calls is the
+    /// order Redis sequences them in.
+    pub async fn enqueue(
+        &self,
+        updates: Vec<Update>,
+        claim: Option<&str>,
+        received_micros: u64,
+    ) -> Result<Answer, ReplicationError> {
         if !self.is_up() {
             return Err(ReplicationError::Unavailable);
         }
@@ -249,7 +286,7 @@ impl Replication {
             .send(Job { entries, reply })
             .await
             .map_err(|_| ReplicationError::Unavailable)?;
-        answer.await.map_err(|_| ReplicationError::Unavailable)?
+        Ok(Answer(answer))
     }
 
     /// Marks a notification read in Redis and tells every node. `Ok(false)`

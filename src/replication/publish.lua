@@ -13,9 +13,22 @@
 -- it lacks `signal_type` (filled from the signal's state).
 -- Returns one integer per entry: the seq, 0 for an ingest message another
 -- node already took, -1 for a signal_update of an unknown signal.
+-- Everything sequenced goes out as ONE message on the group's channel, a
+-- `v2` envelope (layout.rs), so a batch crosses Redis as one message.
+-- Counters and latest prices are read once and written once per call,
+-- however many entries of one stream the call carries.
 local p, channel, publish = ARGV[1], ARGV[2], ARGV[3]
 local window, max_unread, n = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Numbers become text through '%d' once each: Lua's own conversion of a
+-- number is a floating-point printf, the costliest step of this script.
+local window_text = ARGV[4]
+local function text(x)
+  return string.format('%d', x)
+end
 local out = {}
+local env = {}
+local seqs, latest = {}, {}
+local count = 0
 local i = 7
 for e = 1, n do
   local kind, sid, t, sym, st, nk, claim, flags, body =
@@ -52,16 +65,18 @@ for e = 1, n do
       end
     end
     if result == 0 then
-      local seq = redis.call('INCR', p .. 'seq:' .. sid)
-      local frame = body .. ',"seq":' .. seq .. '}'
+      local seq = (seqs[sid] or tonumber(redis.call('GET', p .. 'seq:' .. sid)) or 0) + 1
+      seqs[sid] = seq
+      local seq_text = text(seq)
+      local frame = body .. ',"seq":' .. seq_text .. '}'
       local meta = sym .. '\n' .. st .. '\n' .. nk
-      redis.call('XADD', p .. 'h:' .. sid, 'MAXLEN', '~', window, seq .. '-1', 'f', frame, 'm', meta, 'k', kind)
+      redis.call('XADD', p .. 'h:' .. sid, 'MAXLEN', '~', window_text, seq_text .. '-1', 'f', frame, 'm', meta, 'k', kind)
       if kind == 'm' then
-        redis.call('HSET', p .. 'latest', sym, frame)
+        latest[sym] = frame
       elseif kind == 'n' then
         local user = string.sub(sid, 3)
         local z, h = p .. 'unread:' .. user, p .. 'nf:' .. user
-        redis.call('ZADD', z, seq, nk)
+        redis.call('ZADD', z, seq_text, nk)
         redis.call('HSET', h, nk, frame)
         local extra = redis.call('ZCARD', z) - max_unread
         if extra > 0 then
@@ -70,14 +85,33 @@ for e = 1, n do
           end
           redis.call('ZREMRANGEBYRANK', z, 0, extra - 1)
         end
-        redis.call('ZADD', p .. 'known:' .. user, seq, nk)
-        redis.call('ZREMRANGEBYRANK', p .. 'known:' .. user, 0, -(window + 1))
+        redis.call('ZADD', p .. 'known:' .. user, seq_text, nk)
+        redis.call('ZREMRANGEBYRANK', p .. 'known:' .. user, 0, text(-(window + 1)))
       end
-      redis.call(publish, channel,
-        'v1\n' .. kind .. '\n' .. sid .. '\n' .. seq .. '\n' .. t .. '\n' .. meta .. '\n' .. frame)
+      -- In pieces, joined once below: every string Lua makes is hashed
+      -- whole, so a line per entry would cost a pass over its bytes.
+      local at = #env
+      env[at + 1], env[at + 2], env[at + 3], env[at + 4], env[at + 5] = kind, '\n', sid, '\n', seq_text
+      env[at + 6], env[at + 7], env[at + 8], env[at + 9], env[at + 10] = '\n', t, '\n', meta, '\n'
+      env[at + 11], env[at + 12], env[at + 13] = text(#frame), '\n', frame
+      count = count + 1
       result = seq
     end
   end
   out[e] = result
+end
+for sid, seq in pairs(seqs) do
+  redis.call('SET', p .. 'seq:' .. sid, text(seq))
+end
+local fields = {}
+for sym, frame in pairs(latest) do
+  fields[#fields + 1] = sym
+  fields[#fields + 1] = frame
+end
+if #fields > 0 then
+  redis.call('HSET', p .. 'latest', unpack(fields))
+end
+if count > 0 then
+  redis.call(publish, channel, 'v2\n' .. text(count) .. '\n' .. table.concat(env))
 end
 return out
