@@ -244,11 +244,7 @@ pub async fn serve_ingest(accepted: Accepted, ctx: Arc<Context>, publisher: Opti
     );
     ctx.sweeper.watch(id.0, outbox.clone(), None, &ctx.shutdown);
     let mut link = Link::new(id.0, accepted, outbox.clone()).await;
-    let mut reader = ingest::Publisher {
-        ingress: ctx.ingress.clone(),
-        outbox: outbox.clone(),
-        key: publisher,
-    };
+    let mut reader = ingest::Publisher::new(ctx.ingress.clone(), outbox.clone(), publisher);
     let end = socket::serve(&mut link, &ctx.socket_loop(&outbox), &mut reader).await;
     closed(&ctx, id, &outbox);
     ctx.metrics.connection_closed(Endpoint::Ingest);

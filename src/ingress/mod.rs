@@ -20,9 +20,11 @@ use dashmap::DashMap;
 use serde_json::Value;
 
 mod outcome;
+mod pipeline;
 pub mod redis;
 
 pub use outcome::{KeyRefusal, Outcome};
+pub use pipeline::{Answers, Submission};
 
 use crate::config::Config;
 use crate::fanout::{Fanout, Inbound};
@@ -98,19 +100,6 @@ impl Ingress {
         self.publish_claimed(body, None).await
     }
 
-    /// Publishes one `/ws/ingest` frame and returns what to answer: only
-    /// errors (see [`Outcome::ws_answers`]).
-    pub async fn publish_frame(
-        &self,
-        body: &[u8],
-        publisher: Option<usize>,
-    ) -> Vec<crate::protocol::encode::Frame> {
-        match self.publish_as(body, publisher).await {
-            Ok(outcome) => outcome.ws_answers(),
-            Err(e) => vec![outcome::ws_refusal(&e)],
-        }
-    }
-
     /// Publishes a body sent with the API key of index `publisher`, within
     /// that key's rate limit: a body over it is refused whole (`rate_limited`).
     pub async fn publish_as(&self, body: &[u8], publisher: Option<usize>) -> Result<Outcome, ProtocolError> {
@@ -127,6 +116,13 @@ impl Ingress {
         publisher: Option<usize>,
         key: Option<&str>,
     ) -> Result<Outcome, ProtocolError> {
+        self.within_budget(body, publisher)?;
+        self.publish_body(body, None, key).await
+    }
+
+    /// Takes a body's entries from its API key's rate budget; refuses the
+    /// body whole (`rate_limited`) when they are over it.
+    fn within_budget(&self, body: &[u8], publisher: Option<usize>) -> Result<(), ProtocolError> {
         if let Some(budget) = publisher.and_then(|i| self.budgets.get(i)) {
             let entries = crate::protocol::outline(body).entries;
             let ok = budget
@@ -141,7 +137,7 @@ impl Ingress {
                 ));
             }
         }
-        self.publish_body(body, None, key).await
+        Ok(())
     }
 
     /// Publishes a body; `claim` (cluster mode, for the Redis ingest
@@ -156,6 +152,28 @@ impl Ingress {
         claim: Option<&str>,
         key: Option<&str>,
     ) -> Result<Outcome, ProtocolError> {
+        let Validated {
+            mut outcome,
+            valid,
+            received_at,
+            received_micros,
+        } = self.validate(body, key)?;
+        match &self.replication {
+            None => {
+                self.publish_here(valid, key, body, received_at, &mut outcome)
+                    .await
+            }
+            Some(r) => {
+                self.publish_to_redis(r, valid, claim, key, body, received_micros, &mut outcome)
+                    .await
+            }
+        }
+        Ok(settled(outcome, &self.metrics))
+    }
+
+    /// Decodes a body and sorts its entries into the valid ones (named by
+    /// the request's key or their `publish_id`) and the refused.
+    fn validate(&self, body: &[u8], key: Option<&str>) -> Result<Validated, ProtocolError> {
         let received_at = Instant::now();
         let received_micros = crate::replication::layout::now_micros();
         let entries = decode_batch(body).inspect_err(|_| self.metrics.publish_rejected(1))?;
@@ -173,19 +191,12 @@ impl Ingress {
                 Err(e) => outcome.errors.push((index, e)),
             }
         }
-        match &self.replication {
-            None => {
-                self.publish_here(valid, key, body, received_at, &mut outcome)
-                    .await
-            }
-            Some(r) => {
-                self.publish_to_redis(r, valid, claim, key, body, received_micros, &mut outcome)
-                    .await
-            }
-        }
-        outcome.errors.sort_by_key(|(i, _)| *i);
-        self.metrics.publish_rejected(outcome.errors.len() as u64);
-        Ok(outcome)
+        Ok(Validated {
+            outcome,
+            valid,
+            received_at,
+            received_micros,
+        })
     }
 
     /// Embedded mode: completes each entry and hands it to its shard; a
@@ -315,7 +326,7 @@ impl Ingress {
             match replication.publish(updates, claim, received_micros).await {
                 Ok(results) => {
                     for ((index, kind), result) in places.into_iter().zip(results) {
-                        self.count_result(outcome, index, Some(kind), result);
+                        count_result(&self.metrics, outcome, index, Some(kind), result);
                     }
                 }
                 Err(e) if e.outcome_unknown() => outcome.unknown = places.len(),
@@ -333,7 +344,7 @@ impl Ingress {
                     match sent {
                         Sent::Answered { result, replayed } => {
                             outcome.replayed |= replayed;
-                            self.count_result(outcome, index, (!replayed).then_some(kind), result);
+                            count_result(&self.metrics, outcome, index, (!replayed).then_some(kind), result);
                         }
                         Sent::Unknown => outcome.unknown += 1,
                     }
@@ -341,20 +352,6 @@ impl Ingress {
             }
             Err(e) if e.outcome_unknown() => outcome.unknown = places.len(),
             Err(_) => outcome.unavailable = places.len(),
-        }
-    }
-
-    /// One entry's result from Redis: its seq (or 0, taken by another
-    /// node from the ingest channel), or -1 for an unknown signal. `kind`
-    /// is counted as published, unless it is `None` (a replay).
-    fn count_result(&self, outcome: &mut Outcome, index: usize, kind: Option<UpdateKind>, result: i64) {
-        if result < 0 {
-            outcome.errors.push((index, unknown_signal()));
-        } else {
-            outcome.accepted += 1;
-            if let Some(kind) = kind {
-                self.metrics.published(kind);
-            }
         }
     }
 
@@ -417,6 +414,41 @@ impl Ingress {
             _ => Ok(u),
         }
     }
+}
+
+/// One entry's result from Redis: its seq (or 0, taken by another node
+/// from the ingest channel), or -1 for an unknown signal. `kind` is
+/// counted as published, unless it is `None` (a replay).
+fn count_result(
+    metrics: &Metrics,
+    outcome: &mut Outcome,
+    index: usize,
+    kind: Option<UpdateKind>,
+    result: i64,
+) {
+    if result < 0 {
+        outcome.errors.push((index, unknown_signal()));
+    } else {
+        outcome.accepted += 1;
+        if let Some(kind) = kind {
+            metrics.published(kind);
+        }
+    }
+}
+
+/// The outcome as answered: refusals in body order, and counted.
+fn settled(mut outcome: Outcome, metrics: &Metrics) -> Outcome {
+    outcome.errors.sort_by_key(|(i, _)| *i);
+    metrics.publish_rejected(outcome.errors.len() as u64);
+    outcome
+}
+
+/// A decoded body: what was refused so far, and the valid entries.
+struct Validated {
+    outcome: Outcome,
+    valid: Vec<Named>,
+    received_at: Instant,
+    received_micros: u64,
 }
 
 /// A valid entry, where it was in its body, and the id naming it.
