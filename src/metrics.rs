@@ -47,6 +47,9 @@ pub struct Metrics {
     messages_in: [AtomicU64; 4],
     rejected_publishes: AtomicU64,
     messages_out: AtomicU64,
+    /// Times a subscriber's queued frames were written out (one `writev`
+    /// or a few when the socket takes a batch in parts).
+    write_turns: AtomicU64,
     bytes_out: AtomicU64,
     slow_consumer_cuts: AtomicU64,
     conflated_frames: AtomicU64,
@@ -106,7 +109,9 @@ impl Metrics {
         self.rejected_publishes.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn wrote(&self, frames: u64, bytes: u64) {
+    /// `frames` of `bytes` written in `turns` write turns.
+    pub fn wrote(&self, frames: u64, bytes: u64, turns: u64) {
+        self.write_turns.fetch_add(turns, Ordering::Relaxed);
         self.messages_out.fetch_add(frames, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -185,6 +190,7 @@ impl Metrics {
             "connections": conns,
             "messages_in": ins,
             "messages_out": self.messages_out.load(Ordering::Relaxed),
+            "write_turns": self.write_turns.load(Ordering::Relaxed),
             "bytes_out": self.bytes_out.load(Ordering::Relaxed),
             "slow_consumer_cuts": self.slow_consumer_cuts.load(Ordering::Relaxed),
             "conflated_frames": self.conflated_frames.load(Ordering::Relaxed),
@@ -263,7 +269,7 @@ impl Metrics {
                 })
                 .collect::<Vec<_>>(),
         );
-        let simple: [(&str, &str, &str, &AtomicU64); 10] = [
+        let simple: [(&str, &str, &str, &AtomicU64); 11] = [
             (
                 "tickwire_conflated_frames_total",
                 "counter",
@@ -287,6 +293,12 @@ impl Metrics {
                 "counter",
                 "Frames written to subscribers.",
                 &self.messages_out,
+            ),
+            (
+                "tickwire_write_turns_total",
+                "counter",
+                "Times a subscriber's waiting frames were written out; messages_out over this is frames per write.",
+                &self.write_turns,
             ),
             (
                 "tickwire_bytes_out_total",
@@ -445,7 +457,7 @@ mod tests {
     fn prometheus_text_names_every_family() {
         let m = Metrics::new(false);
         m.connection_opened(Endpoint::MarketData);
-        m.wrote(3, 300);
+        m.wrote(3, 300, 2);
         m.publish_to_write.record(Duration::from_micros(250));
         let gauges = FanoutGauges {
             ring_depths: vec![0, 1],

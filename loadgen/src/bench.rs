@@ -58,12 +58,24 @@ const STALLED_RECV_BUFFER: u32 = 4 * 1024;
 /// The largest `--pad-bytes`.
 const MAX_PAD_BYTES: u32 = 100_000;
 
+/// Where the bench's publishers connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishersOn {
+    All,
+    First,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Server base URL; repeat it for the nodes of one cluster
     /// (subscribers and publishers are spread over them round-robin)
     #[arg(long = "url", default_value = "http://127.0.0.1:8000")]
     urls: Vec<String>,
+    /// Which nodes the publishers go to: `all` (round-robin) or `first`
+    /// (every publisher on the first `--url`, so that the other nodes'
+    /// subscribers get everything across the cluster)
+    #[arg(long, value_enum, default_value_t = PublishersOn::All)]
+    publishers_on: PublishersOn,
     /// HS256 secret of the subscribers' tokens
     #[arg(long, env = "TICKWIRE_JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
@@ -416,7 +428,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             tokio::spawn(publisher::run(PublisherPlan {
                 index,
                 publishers: args.publishers,
-                target: targets[index as usize % targets.len()].clone(),
+                target: match args.publishers_on {
+                    PublishersOn::All => targets[index as usize % targets.len()].clone(),
+                    PublishersOn::First => targets[0].clone(),
+                },
                 via: args.via,
                 api_key: Arc::clone(&api_key),
                 http: http.clone(),
@@ -942,6 +957,15 @@ fn print_summary(out: &mut dyn std::io::Write, s: &BenchSummary) -> anyhow::Resu
             count(c.conflated_frames),
             count(c.slow_consumer_cuts),
         )?;
+        if c.write_turns > 0 {
+            writeln!(
+                out,
+                "  writes      {:.2} frames per write turn ({} frames in {} turns)",
+                c.messages_out as f64 / c.write_turns as f64,
+                count(c.messages_out),
+                count(c.write_turns),
+            )?;
+        }
     }
     for (name, p) in [("server", s.server.as_ref()), ("loadgen", Some(&s.loadgen))] {
         let Some(p) = p else { continue };

@@ -20,6 +20,12 @@ pub struct ServerCounters {
     pub conflated_frames: u64,
     /// Subscribers the server closed as slow consumers (`slow_consumer_cuts`).
     pub slow_consumer_cuts: u64,
+    /// Frames written to subscribers (`messages_out`).
+    pub messages_out: u64,
+    /// Times subscribers' waiting frames were written out (`write_turns`;
+    /// 0 from a server that does not count them): frames per write is
+    /// `messages_out / write_turns`.
+    pub write_turns: u64,
 }
 
 impl ServerCounters {
@@ -32,6 +38,8 @@ impl ServerCounters {
             sum.backpressure_pauses += one.backpressure_pauses;
             sum.conflated_frames += one.conflated_frames;
             sum.slow_consumer_cuts += one.slow_consumer_cuts;
+            sum.messages_out += one.messages_out;
+            sum.write_turns += one.write_turns;
         }
         Some(sum)
     }
@@ -44,6 +52,8 @@ impl ServerCounters {
                 .saturating_sub(before.backpressure_pauses),
             conflated_frames: self.conflated_frames.saturating_sub(before.conflated_frames),
             slow_consumer_cuts: self.slow_consumer_cuts.saturating_sub(before.slow_consumer_cuts),
+            messages_out: self.messages_out.saturating_sub(before.messages_out),
+            write_turns: self.write_turns.saturating_sub(before.write_turns),
         }
     }
 }
@@ -69,6 +79,8 @@ fn parse(body: &[u8]) -> Option<ServerCounters> {
         backpressure_pauses: field("backpressure_pauses")?,
         conflated_frames: field("conflated_frames")?,
         slow_consumer_cuts: field("slow_consumer_cuts")?,
+        messages_out: field("messages_out").unwrap_or(0),
+        write_turns: field("write_turns").unwrap_or(0),
     })
 }
 
@@ -79,7 +91,7 @@ mod tests {
     #[test]
     fn counters_come_from_the_stats_body_and_subtract() {
         let body = br#"{"uptime_s":1.5,"slow_consumer_cuts":3,"conflated_frames":120,
-            "backpressure_pauses":7,"latency_us":{}}"#;
+            "backpressure_pauses":7,"messages_out":900,"write_turns":300,"latency_us":{}}"#;
         let after = parse(body).unwrap();
         assert_eq!(
             after,
@@ -87,12 +99,16 @@ mod tests {
                 backpressure_pauses: 7,
                 conflated_frames: 120,
                 slow_consumer_cuts: 3,
+                messages_out: 900,
+                write_turns: 300,
             }
         );
         let before = ServerCounters {
             backpressure_pauses: 2,
             conflated_frames: 20,
             slow_consumer_cuts: 3,
+            messages_out: 100,
+            write_turns: 100,
         };
         assert_eq!(
             after.since(&before),
@@ -100,6 +116,8 @@ mod tests {
                 backpressure_pauses: 5,
                 conflated_frames: 100,
                 slow_consumer_cuts: 0,
+                messages_out: 800,
+                write_turns: 200,
             }
         );
         assert_eq!(parse(br#"{"conflated_frames":1}"#), None);

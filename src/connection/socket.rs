@@ -115,7 +115,7 @@ impl Link {
         };
         let wrote = out.wrote?;
         if wrote.messages > 0 {
-            l.metrics.wrote(wrote.messages, wrote.bytes);
+            l.metrics.wrote(wrote.messages, wrote.bytes, 1);
         }
         if let Some(t) = wrote.oldest {
             l.metrics.publish_to_write.record(t.elapsed());
