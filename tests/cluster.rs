@@ -388,6 +388,89 @@ async fn a_node_listens_only_to_the_groups_its_subscribers_need<B: Backend>() {
     .await;
 }
 
+/// A publisher on `/ws/ingest` that never waits: its frames are in
+/// flight to Redis together (ingress::pipeline), yet every subscriber gets
+/// them in the order sent with consecutive seqs, and the error answers come
+/// back in the order of the frames that earned them.
+async fn an_ingest_socket_sending_without_waiting_keeps_its_order<B: Backend>() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    const FRAMES: usize = 600;
+    const PER_FRAME: usize = 5;
+    let redis = B::start();
+    let nodes = ready_nodes(&redis, 2).await;
+    let subs = vec![
+        nodes[0].market("alice", &["A", "B"]).await,
+        nodes[1].market("bob", &["A", "B"]).await,
+    ];
+    let bad_at = |f: usize| (f % 50 == 7).then_some((f / 50) % PER_FRAME);
+    let expected_errors: Vec<u64> = (0..FRAMES).filter_map(bad_at).map(|b| b as u64).collect();
+    let per_symbol = (FRAMES * PER_FRAME - expected_errors.len()) / 2;
+    // Read while the publisher sends, as a live client does.
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut last = std::collections::HashMap::new();
+                for _ in 0..2 * per_symbol {
+                    let m = s.recv_type("market_update").await;
+                    let symbol = m["symbol"].as_str().unwrap().to_string();
+                    let (seq, n) = (m["seq"].as_u64().unwrap(), m["n"].as_i64().unwrap());
+                    let (last_seq, last_n) = last.insert(symbol.clone(), (seq, n)).unwrap_or((0, -1));
+                    assert_eq!(seq, last_seq + 1, "gap or reorder on {symbol}");
+                    assert!(
+                        n > last_n,
+                        "the publisher's order broken on {symbol}: {n} after {last_n}"
+                    );
+                }
+                s
+            })
+        })
+        .collect();
+    let mut req = format!("ws://{}/ws/ingest", nodes[0].addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {API_KEY}").parse().unwrap());
+    let (ingest, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ingest accepts the key");
+    let (mut tx, mut rx) = ingest.split();
+    // Every 50th frame has one invalid entry, at a place that names the frame.
+    let sender = tokio::spawn(async move {
+        for f in 0..FRAMES {
+            let batch: Vec<Value> = (0..PER_FRAME)
+                .map(|i| match bad_at(f) {
+                    Some(b) if b == i => json!({"type": "market_update", "price": 1.0}),
+                    _ => json!({"type": "market_update", "symbol": (["A", "B"][i % 2]), "price": 1.0, "n": f * PER_FRAME + i}),
+                })
+                .collect();
+            tx.send(Message::Text(Value::Array(batch).to_string().into()))
+                .await
+                .unwrap();
+        }
+        tx
+    });
+    let mut errors = Vec::new();
+    while errors.len() < expected_errors.len() {
+        let m = tokio::time::timeout(Duration::from_secs(20), rx.next())
+            .await
+            .expect("every refusal is answered")
+            .unwrap()
+            .unwrap();
+        let m: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        assert_eq!(m["type"], "error", "{m}");
+        errors.push(m["index"].as_u64().unwrap());
+    }
+    assert_eq!(errors, expected_errors, "answers in the order of their frames");
+    let _tx = sender.await.unwrap();
+    for reader in readers {
+        let mut s = reader.await.unwrap();
+        s.expect_silence().await;
+    }
+}
+
 macro_rules! against {
     ($backend:ty) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,6 +508,10 @@ macro_rules! against {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_node_listens_only_to_the_groups_its_subscribers_need() {
             super::a_node_listens_only_to_the_groups_its_subscribers_need::<$backend>().await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn an_ingest_socket_sending_without_waiting_keeps_its_order() {
+            super::an_ingest_socket_sending_without_waiting_keeps_its_order::<$backend>().await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn signals_and_their_updates_cross_nodes() {
