@@ -71,8 +71,10 @@ pub struct Member {
     pub sub: Arc<Subscriber>,
     /// Live messages with a `seq` at or below this were already sent.
     pub floor: Seq,
-    /// `max_frequency` of a market-data subscription.
-    pub throttle: Option<Throttle>,
+    /// `max_frequency` of a market-data subscription. Boxed: few ask for
+    /// one, and inline it tripled every member's size (96 bytes against
+    /// 24, in every symbol's list, for every subscriber).
+    pub throttle: Option<Box<Throttle>>,
 }
 
 /// At most one update per `interval`, always the newest: an update that
@@ -125,7 +127,7 @@ pub struct Registry {
     signals: Vec<SignalMember>,
 }
 
-fn add(list: &mut Vec<Member>, sub: Arc<Subscriber>, floor: Seq, throttle: Option<Throttle>) -> bool {
+fn add(list: &mut Vec<Member>, sub: Arc<Subscriber>, floor: Seq, throttle: Option<Box<Throttle>>) -> bool {
     if list.iter().any(|m| m.sub.id == sub.id) {
         return false;
     }
@@ -166,7 +168,7 @@ impl Registry {
         symbol: &Arc<str>,
         sub: Arc<Subscriber>,
         floor: Seq,
-        throttle: Option<Throttle>,
+        throttle: Option<Box<Throttle>>,
     ) -> bool {
         add(
             self.symbols.entry(symbol.clone()).or_default(),

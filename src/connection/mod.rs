@@ -141,7 +141,7 @@ impl Accepted {
 /// A subscriber's session as the socket loop sees it: it applies the
 /// session's effects as they come.
 struct SubscriberReader<'a> {
-    session: Session,
+    session: &'a mut Session,
     ctx: &'a Context,
     outbox: &'a Outbox,
 }
@@ -155,8 +155,30 @@ impl Reader for SubscriberReader<'_> {
     }
 }
 
-/// Runs a subscriber connection to its end.
-pub async fn serve_subscriber(accepted: Accepted, ctx: Arc<Context>, endpoint: Endpoint, identity: Identity) {
+/// A subscriber connection once set up: all that its task keeps while
+/// the connection is open, and nothing of its setup (the handshake's
+/// leftovers, its parameters), which [`open_subscriber`] took.
+pub struct OpenSubscriber {
+    id: SubscriberId,
+    endpoint: Endpoint,
+    opened: Instant,
+    ctx: Arc<Context>,
+    outbox: Arc<Outbox>,
+    link: Link,
+    session: Session,
+}
+
+/// Sets a subscriber connection up: its outbox, its place in the sweeper,
+/// its session attached. Meant to be boxed by the caller and dropped once
+/// done, then [`OpenSubscriber::serve`] run: an async fn's parameters stay
+/// in its future for its whole life, and here they would be kept by every
+/// idle connection.
+pub async fn open_subscriber(
+    accepted: Accepted,
+    ctx: Arc<Context>,
+    endpoint: Endpoint,
+    identity: Identity,
+) -> OpenSubscriber {
     let id = SubscriberId::next();
     let peer = accepted.peer;
     let overflow = match endpoint {
@@ -178,35 +200,45 @@ pub async fn serve_subscriber(accepted: Accepted, ctx: Arc<Context>, endpoint: E
     ctx.metrics.connection_opened(endpoint);
     ctx.sweeper
         .watch(id.0, outbox.clone(), identity.expires_at, &ctx.shutdown);
-
-    // Boxed, like the other one-off steps: the task keeps only what it
-    // needs while the connection is open. (Not behind a shared helper: an
-    // async fn's parameters stay in its future for its whole life, and
-    // `accepted` there cost every idle connection 0.5 KiB.)
-    let mut link = Box::pin(Link::new(id.0, accepted, outbox.clone())).await;
+    let link = Link::new(id.0, accepted, outbox.clone());
     let session = Session::new(endpoint, identity, sub, ctx.sessions.clone());
-    let mut reader = SubscriberReader {
+    let mut effects = Vec::new();
+    session.attach(&mut effects).await;
+    ctx.apply(&outbox, &mut effects);
+    OpenSubscriber {
+        id,
+        endpoint,
+        opened,
+        ctx,
+        outbox,
+        link,
         session,
-        ctx: &ctx,
-        outbox: &outbox,
-    };
-    let mut effects = Vec::new();
-    Box::pin(reader.session.attach(&mut effects)).await;
-    ctx.apply(&outbox, &mut effects);
-    let end = socket::serve(&mut link, &ctx.socket_loop(&outbox), &mut reader).await;
-    closed(&ctx, id, &outbox);
-    let mut effects = Vec::new();
-    reader.session.detach(&mut effects);
-    ctx.apply(&outbox, &mut effects);
-    ctx.metrics.connection_closed(endpoint);
-    tracing::info!(
-        conn = id.0,
-        endpoint = endpoint.name(),
-        user = %LogSafe(&reader.session.identity.user),
-        reason = %end,
-        secs = opened.elapsed().as_secs_f64(),
-        "connection closed"
-    );
+    }
+}
+
+impl OpenSubscriber {
+    /// Runs the connection to its end.
+    pub async fn serve(&mut self) {
+        let mut reader = SubscriberReader {
+            session: &mut self.session,
+            ctx: &self.ctx,
+            outbox: &self.outbox,
+        };
+        let end = socket::serve(&mut self.link, &self.ctx.socket_loop(&self.outbox), &mut reader).await;
+        closed(&self.ctx, self.id, &self.outbox);
+        let mut effects = Vec::new();
+        self.session.detach(&mut effects);
+        self.ctx.apply(&self.outbox, &mut effects);
+        self.ctx.metrics.connection_closed(self.endpoint);
+        tracing::info!(
+            conn = self.id.0,
+            endpoint = self.endpoint.name(),
+            user = %LogSafe(&self.session.user),
+            reason = %end,
+            secs = self.opened.elapsed().as_secs_f64(),
+            "connection closed"
+        );
+    }
 }
 
 /// A connection's socket ended: it closes now, not when fanout drops the
@@ -228,7 +260,7 @@ pub(crate) async fn serve_test_echo(
 ) {
     let id = SubscriberId::next();
     ctx.sweeper.watch(id.0, outbox.clone(), None, &ctx.shutdown);
-    let mut link = Link::new(id.0, accepted, outbox.clone()).await;
+    let mut link = Link::new(id.0, accepted, outbox.clone());
     socket::serve(&mut link, &ctx.socket_loop(&outbox), reader).await;
     closed(&ctx, id, &outbox);
 }
@@ -243,7 +275,7 @@ pub async fn serve_ingest(accepted: Accepted, ctx: Arc<Context>, publisher: Opti
             .with_max_bytes(ctx.config.outbound_queue_bytes.get()),
     );
     ctx.sweeper.watch(id.0, outbox.clone(), None, &ctx.shutdown);
-    let mut link = Link::new(id.0, accepted, outbox.clone()).await;
+    let mut link = Link::new(id.0, accepted, outbox.clone());
     let mut reader = ingest::Publisher::new(ctx.ingress.clone(), outbox.clone(), publisher);
     let end = socket::serve(&mut link, &ctx.socket_loop(&outbox), &mut reader).await;
     closed(&ctx, id, &outbox);

@@ -4,8 +4,14 @@
 //! ([`crate::outbox::writer`]) writes the server's frames. Tungstenite
 //! never writes to the socket itself: what it sends on its own (the pong
 //! to a client's ping, the reply to a client's close) goes through
-//! [`Wire`]'s `AsyncWrite` into the outbox, already framed, so that it
-//! takes its turn between whole frames.
+//! [`Wire`]'s `Write` into the outbox, already framed, so that it takes
+//! its turn between whole frames.
+//!
+//! Tungstenite is driven directly (its blocking-style API over a socket
+//! that answers `WouldBlock`), not through tokio-tungstenite's stream:
+//! that wrapper costs every connection two more allocations (its wakers)
+//! and its own copy of the socket handles, and this loop waits on the
+//! socket's readiness itself.
 //!
 //! The loop only carries bytes: a message read goes to the connection's
 //! [`Reader`] (a session, a publisher, the test echo), and whatever is
@@ -13,19 +19,14 @@
 //! the sweeper pings, times out and cuts connections through the outbox.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use super::sweep::{Sweeper, WRITE_TIMEOUT};
 use super::Accepted;
@@ -87,22 +88,73 @@ pub(crate) struct Loop<'a> {
 /// knows it; the writing half is the outbox's.
 pub(crate) struct Link {
     id: u64,
-    tcp: Arc<TcpStream>,
-    ws: WebSocketStream<Wire>,
+    ws: WebSocket<Wire>,
+    /// A read ended the stream (an error, or the client's close): later
+    /// reads answer `None`, as a finished stream does.
+    ended: bool,
 }
 
 impl Link {
-    pub(crate) async fn new(id: u64, accepted: Accepted, outbox: Arc<Outbox>) -> Link {
+    pub(crate) fn new(id: u64, accepted: Accepted, outbox: Arc<Outbox>) -> Link {
         // Best effort: a socket without it is still served, only its stalls
         // are told apart less quickly.
         let _ = socket2::SockRef::from(&*accepted.tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES);
-        let wire = Wire::new(accepted.tcp.clone(), accepted.prefix, outbox.clone());
         outbox.set_socket(Some(accepted.tcp.clone()));
-        let ws = WebSocketStream::from_raw_socket(wire, Role::Server, Some(accepted.config)).await;
-        Link {
-            id,
+        let wire = Wire {
             tcp: accepted.tcp,
-            ws,
+            outbox,
+        };
+        // Bytes the HTTP layer read past the handshake start tungstenite's
+        // own read buffer (a copy: they are a view of the HTTP layer's
+        // 8 KiB buffer, which even an empty view would keep allocated).
+        let ws = WebSocket::from_partially_read(
+            wire,
+            accepted.prefix.to_vec(),
+            Role::Server,
+            Some(accepted.config),
+        );
+        Link { id, ws, ended: false }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        &self.ws.get_ref().tcp
+    }
+
+    /// The client's message that the socket holds now, if it holds one.
+    fn read_now(&mut self) -> Incoming {
+        if self.ended {
+            return Incoming::Ended;
+        }
+        match self.ws.read() {
+            Ok(msg) => Incoming::Message(msg),
+            // A read that found nothing cleared the socket's readiness, so
+            // waiting on it now waits for new bytes.
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Incoming::Nothing,
+            Err(e) => {
+                self.ended = true;
+                match e {
+                    WsError::ConnectionClosed | WsError::AlreadyClosed => Incoming::Ended,
+                    e => Incoming::Failed(e),
+                }
+            }
+        }
+    }
+
+    /// The client's next message, waiting for the socket as needed; `None`
+    /// once the stream ended.
+    async fn next(&mut self) -> Option<Result<Message, WsError>> {
+        loop {
+            match self.read_now() {
+                Incoming::Message(msg) => return Some(Ok(msg)),
+                Incoming::Nothing => {
+                    if let Err(e) = self.tcp().readable().await {
+                        self.ended = true;
+                        return Some(Err(WsError::Io(e)));
+                    }
+                }
+                Incoming::Ended => return None,
+                Incoming::Failed(e) => return Some(Err(e)),
+            }
         }
     }
 
@@ -130,9 +182,19 @@ impl Link {
             if !self.write_out(l)?.0 {
                 return Ok(());
             }
-            self.tcp.writable().await?;
+            self.tcp().writable().await?;
         }
     }
+}
+
+/// What one read of the socket found.
+enum Incoming {
+    Message(Message),
+    /// No whole message yet.
+    Nothing,
+    /// The client closed, or an earlier read failed.
+    Ended,
+    Failed(WsError),
 }
 
 /// How [`serve`]'s main loop ended.
@@ -172,7 +234,7 @@ async fn close(link: &mut Link, l: &Loop<'_>, exit: Exit) -> End {
             if let Ok(Ok(())) = tokio::time::timeout(WRITE_TIMEOUT, link.flush(l)).await {
                 // Wait briefly for the client's close answer.
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                    while let Some(Ok(_)) = link.ws.next().await {}
+                    while let Some(Ok(_)) = link.next().await {}
                 })
                 .await;
             }
@@ -194,39 +256,58 @@ async fn serve_open(link: &mut Link, l: &Loop<'_>, reader: &mut impl Reader) -> 
         // A client whose socket takes nothing is not read from either: its
         // commands and pings would only queue answers it does not take.
         // Shutdown, like every timeout, arrives as a close in the outbox.
+        // One wait on the socket, for what it is needed for, and through
+        // the socket's own waker slot for that direction (this task is the
+        // only one that waits on it): an idle connection's task holds every
+        // future of this select, and `ready()` would add a waiter of its own.
+        let tcp = link.tcp();
+        let ready = std::future::poll_fn(|cx| {
+            if stalled {
+                tcp.poll_write_ready(cx)
+            } else {
+                tcp.poll_read_ready(cx)
+            }
+        });
         tokio::select! {
             biased;
-            _ = link.tcp.writable(), if stalled => {}
-            _ = l.outbox.notified() => {}
-            msg = link.ws.next(), if !stalled => {
-                l.sweeper.heard(link.id);
-                match msg {
-                    None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                        return Exit::ClientGone(End::ClientClosed)
-                    }
-                    Some(Ok(Message::Text(text))) => {
-                        // Boxed: acting on a command is a large future that an
-                        // idle connection's task need not carry.
-                        if let Some(reason) = Box::pin(reader.on_text(&text)).await {
-                            l.outbox.close(reason);
-                        }
-                    }
-                    Some(Ok(Message::Binary(data))) => {
-                        if let Some(reason) = reader.on_binary(&data).await {
-                            l.outbox.close(reason);
-                        }
-                    }
-                    // Pongs, and pings and closes that tungstenite answers by
-                    // itself on the next read (see `Wire`).
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => match close_reason_for(&e) {
-                        Some(reason) => {
-                            l.outbox.close(reason);
-                        }
-                        None => return Exit::ClientGone(End::Error(e.to_string())),
-                    },
+            _ = l.outbox.notified() => continue,
+            ready = ready => {
+                if let Err(e) = ready {
+                    return Exit::ClientGone(End::Error(e.to_string()));
                 }
             }
+        }
+        if stalled {
+            continue;
+        }
+        let incoming = link.read_now();
+        if !matches!(incoming, Incoming::Nothing) {
+            l.sweeper.heard(link.id);
+        }
+        match incoming {
+            Incoming::Nothing => {}
+            Incoming::Ended => return Exit::ClientGone(End::ClientClosed),
+            Incoming::Message(Message::Text(text)) => {
+                // Boxed: acting on a command is a large future that an
+                // idle connection's task need not carry.
+                if let Some(reason) = Box::pin(reader.on_text(&text)).await {
+                    l.outbox.close(reason);
+                }
+            }
+            Incoming::Message(Message::Binary(data)) => {
+                if let Some(reason) = reader.on_binary(&data).await {
+                    l.outbox.close(reason);
+                }
+            }
+            // Pongs, and pings and closes that tungstenite answers by
+            // itself on the next read (see `Wire`).
+            Incoming::Message(_) => {}
+            Incoming::Failed(e) => match close_reason_for(&e) {
+                Some(reason) => {
+                    l.outbox.close(reason);
+                }
+                None => return Exit::ClientGone(End::Error(e.to_string())),
+            },
         }
     }
 }
@@ -241,57 +322,29 @@ fn close_reason_for(e: &WsError) -> Option<CloseReason> {
     }
 }
 
-/// The socket as tungstenite sees it.
+/// The socket as tungstenite sees it: reads that answer `WouldBlock`
+/// when nothing waits, and writes that queue into the outbox.
 pub struct Wire {
     tcp: Arc<TcpStream>,
-    /// Bytes the HTTP layer read past the handshake, served first.
-    prefix: Bytes,
     outbox: Arc<Outbox>,
 }
 
-impl Wire {
-    pub fn new(tcp: Arc<TcpStream>, prefix: Bytes, outbox: Arc<Outbox>) -> Wire {
-        // A copy: the bytes are a view of the HTTP layer's read buffer
-        // (8 KiB), which even an empty view would keep allocated.
-        let prefix = Bytes::copy_from_slice(&prefix);
-        Wire { tcp, prefix, outbox }
+impl io::Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // A `WouldBlock` here clears the socket's readiness, so the next
+        // `readable()` waits for new bytes.
+        self.tcp.try_read(buf)
     }
 }
 
-impl AsyncRead for Wire {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        loop {
-            ready!(this.tcp.poll_read_ready(cx))?;
-            match this.tcp.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Wire {
+impl io::Write for Wire {
     /// Tungstenite flushes whole frames in one write: queue them as one.
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let _ = self.outbox.push_raw(Bytes::copy_from_slice(buf));
-        Poll::Ready(Ok(buf.len()))
+        Ok(buf.len())
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -16,8 +16,15 @@
 //! (`heard`, `wrote`). Times are milliseconds since the sweeper started,
 //! stamped with its own coarse clock, so reading a message costs no clock
 //! call. What it decides reaches the connection as a close in the outbox.
+//!
+//! The clocks are `u32`s, 16 bytes a connection: milliseconds wrap after
+//! 49 days, so two are compared by their signed wrapping difference
+//! ([`since`]), right for any span under 24 days; timeouts are held to
+//! [`MAX_SPAN`], and every clock but the token's is restamped or acted on
+//! within one timeout. A token's expiry, which may be months away, is
+//! kept in seconds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,20 +48,24 @@ const PING: &[u8] = &[0x89, 0x00];
 /// The sweep period for the default timeouts; shorter ones sweep faster.
 const MAX_PERIOD: Duration = Duration::from_millis(250);
 const MIN_PERIOD: Duration = Duration::from_millis(20);
+/// The longest idle timeout and ping interval (2^30 ms, 12.4 days; longer
+/// ones act as this): half of what [`since`] tells apart, so that no
+/// sweep can miss one.
+pub const MAX_SPAN: Duration = Duration::from_millis(1 << 30);
 
-/// A connection's clocks, in sweeper milliseconds (0: never). Atomics:
-/// the connection stamps them while the sweeper reads them.
+/// A connection's clocks, in wrapping sweeper milliseconds (0: never).
+/// Atomics: the connection stamps them while the sweeper reads them.
 #[derive(Debug, Default)]
 struct Clocks {
     /// When the client was last heard from (any frame, pongs included).
-    heard: AtomicU64,
+    heard: AtomicU32,
     /// When the server last pinged it.
-    pinged: AtomicU64,
+    pinged: AtomicU32,
     /// Since when its writer has been waiting for the socket to take data
     /// without any of it being taken.
-    stalled_since: AtomicU64,
-    /// When its token expires.
-    expires: AtomicU64,
+    stalled_since: AtomicU32,
+    /// When its token expires, in sweeper seconds (0: never), rounded up.
+    expires_s: AtomicU32,
 }
 
 /// One watched connection. Relaxed throughout: each clock is one reading,
@@ -66,8 +77,8 @@ struct Watched {
 
 pub struct Sweeper {
     epoch: Instant,
-    /// The coarse clock: sweeper milliseconds at the last sweep.
-    now: AtomicU64,
+    /// The coarse clock: wrapping sweeper milliseconds at the last sweep.
+    now: AtomicU32,
     /// Open connections by id, with their clocks. A dashmap: every
     /// connection stamps its own entry while the sweep walks them all.
     conns: DashMap<u64, Watched>,
@@ -81,11 +92,11 @@ impl Sweeper {
         let period = (idle_timeout.min(ping_interval) / 4).clamp(MIN_PERIOD, MAX_PERIOD);
         Sweeper {
             epoch: Instant::now(),
-            now: AtomicU64::new(1),
+            now: AtomicU32::new(1),
             conns: DashMap::new(),
             period,
-            idle_timeout,
-            ping_interval,
+            idle_timeout: idle_timeout.min(MAX_SPAN),
+            ping_interval: ping_interval.min(MAX_SPAN),
         }
     }
 
@@ -93,34 +104,39 @@ impl Sweeper {
         self.period
     }
 
-    fn clock(&self) -> u64 {
-        self.millis(Instant::now())
+    /// Milliseconds from the sweeper's start to `at`, not wrapped.
+    fn elapsed_ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// `at` in sweeper milliseconds; never 0, which means "never" in a Watch.
-    fn millis(&self, at: Instant) -> u64 {
-        (at.saturating_duration_since(self.epoch).as_millis() as u64).max(1)
+    /// `at` in wrapping sweeper milliseconds; never 0, which means "never"
+    /// in [`Clocks`].
+    fn millis(&self, at: Instant) -> u32 {
+        stamp(self.elapsed_ms(at))
     }
 
     /// The coarse time, good to one sweep period.
-    pub fn now(&self) -> u64 {
+    pub fn now(&self) -> u32 {
         self.now.load(Ordering::Relaxed)
     }
 
     /// Starts watching a connection, whose token (if it has one) expires at
     /// `expires_at`; closes it at once if the node is shutting down.
     pub fn watch(&self, id: u64, outbox: Arc<Outbox>, expires_at: Option<SystemTime>, shutdown: &Shutdown) {
-        let now = self.clock();
+        let elapsed = self.elapsed_ms(Instant::now());
+        let now = stamp(elapsed);
         let clocks = Clocks {
-            heard: AtomicU64::new(now),
-            pinged: AtomicU64::new(now),
+            heard: AtomicU32::new(now),
+            pinged: AtomicU32::new(now),
             ..Clocks::default()
         };
         if let Some(at) = expires_at {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            clocks
-                .expires
-                .store(now.saturating_add(left.as_millis() as u64), Ordering::Relaxed);
+            let expires_ms = elapsed.saturating_add(left.as_millis() as u64);
+            // Rounded up, so a token is never cut before its time; at most
+            // 136 years away, beyond which it acts as never expiring.
+            let expires_s = u32::try_from(expires_ms.div_ceil(1000)).unwrap_or(u32::MAX);
+            clocks.expires_s.store(expires_s.max(1), Ordering::Relaxed);
         }
         self.conns.insert(
             id,
@@ -181,7 +197,7 @@ impl Sweeper {
             }
             let at = Instant::now();
             let now = self.millis(at);
-            if now.saturating_sub(last_sweep) >= self.period.as_millis() as u64 {
+            if since(now, last_sweep) >= self.period.as_millis() as u32 {
                 last_sweep = now;
                 self.sweep(at, &metrics);
             } else if saturated {
@@ -193,12 +209,12 @@ impl Sweeper {
 
     /// Marks the subscribers whose socket stayed full with no progress
     /// for [`STUCK_AFTER`].
-    fn mark_stuck(&self, now: u64) {
-        let stuck_after = STUCK_AFTER.as_millis() as u64;
+    fn mark_stuck(&self, now: u32) {
+        let stuck_after = STUCK_AFTER.as_millis() as u32;
         for entry in self.conns.iter() {
             let outbox = &entry.value().outbox;
-            let since = entry.value().clocks.stalled_since.load(Ordering::Relaxed);
-            if since != 0 && now.saturating_sub(since) >= stuck_after && !outbox.is_stuck() {
+            let stalled_since = entry.value().clocks.stalled_since.load(Ordering::Relaxed);
+            if stalled_since != 0 && since(now, stalled_since) >= stuck_after && !outbox.is_stuck() {
                 outbox.set_stuck(true);
             }
         }
@@ -206,26 +222,29 @@ impl Sweeper {
 
     /// One pass over every connection, as of `at`.
     fn sweep(&self, at: Instant, metrics: &Metrics) {
-        let now = self.millis(at);
+        let elapsed = self.elapsed_ms(at);
+        let now = stamp(elapsed);
+        let now_s = (elapsed / 1000) as u32;
         self.now.store(now, Ordering::Relaxed);
         self.mark_stuck(now);
-        let idle = self.idle_timeout.as_millis() as u64;
-        let ping = self.ping_interval.as_millis() as u64;
-        let stall = WRITE_TIMEOUT.as_millis() as u64;
+        // Held to MAX_SPAN by `new`, so they fit.
+        let idle = self.idle_timeout.as_millis() as u32;
+        let ping = self.ping_interval.as_millis() as u32;
+        let stall = WRITE_TIMEOUT.as_millis() as u32;
         for entry in self.conns.iter() {
             let Watched { outbox, clocks: w } = entry.value();
-            let expires = w.expires.load(Ordering::Relaxed);
+            let expires_s = w.expires_s.load(Ordering::Relaxed);
             let stalled_since = w.stalled_since.load(Ordering::Relaxed);
-            if stalled_since != 0 && now.saturating_sub(stalled_since) >= stall {
+            if stalled_since != 0 && since(now, stalled_since) >= stall {
                 // No close frame fits a full socket: the connection is dropped.
                 if outbox.close(CloseReason::Stalled) {
                     metrics.slow_consumer_cut();
                 }
-            } else if expires != 0 && now >= expires {
+            } else if expires_s != 0 && now_s >= expires_s {
                 outbox.close(CloseReason::TokenExpired);
-            } else if now.saturating_sub(w.heard.load(Ordering::Relaxed)) >= idle {
+            } else if since(now, w.heard.load(Ordering::Relaxed)) >= idle {
                 outbox.close(CloseReason::IdleTimeout);
-            } else if now.saturating_sub(w.pinged.load(Ordering::Relaxed)) >= ping {
+            } else if since(now, w.pinged.load(Ordering::Relaxed)) >= ping {
                 w.pinged.store(now, Ordering::Relaxed);
                 let _ = outbox.push_raw(Bytes::from_static(PING));
             }
@@ -241,6 +260,19 @@ impl Sweeper {
     }
 }
 
+/// Milliseconds since the sweeper's start as a wrapping clock that is
+/// never 0 (which means "never").
+fn stamp(elapsed_ms: u64) -> u32 {
+    (elapsed_ms as u32).max(1)
+}
+
+/// Milliseconds from `then` to `now` on the wrapping clock; 0 when `then`
+/// is the later one (a connection stamped its clock during a sweep, after
+/// the sweep read the time).
+fn since(now: u32, then: u32) -> u32 {
+    (now.wrapping_sub(then) as i32).max(0) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +281,13 @@ mod tests {
 
     fn sweeper() -> Sweeper {
         Sweeper::new(Duration::from_millis(400), Duration::from_millis(100))
+    }
+
+    #[test]
+    fn the_wrapping_clock_counts_across_its_wrap_and_never_backwards() {
+        assert_eq!(since(5, u32::MAX - 4), 10);
+        assert_eq!(since(1_000, 400), 600);
+        assert_eq!(since(400, 1_000), 0, "stamped after the sweep read the time");
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Worker {
                 fetched,
                 min_interval,
             } => {
-                let throttle = min_interval.map(|i| Throttle::every(i, Instant::now()));
+                let throttle = min_interval.map(|i| Box::new(Throttle::every(i, Instant::now())));
                 if let Some(member) = self.registry.member_mut(&symbol, sub.id) {
                     // Already subscribed: only a new max_frequency changes anything.
                     if throttle.is_some() {

@@ -2,6 +2,7 @@
 //! (PROTOCOL.md 1.1), the connection limits, the upgrade itself, and the
 //! hand-over of the socket to its connection task.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -10,20 +11,24 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use futures_util::FutureExt;
+use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::{auth_failure, authenticate, error_response, PeerAddr};
 use crate::auth::{self, Identity};
-use crate::connection::{self, Accepted};
+use crate::connection::{self, Accepted, OpenSubscriber};
 use crate::node::{AdmitError, ConnectionPermit, Node};
 use crate::protocol::Endpoint;
 
 /// Bytes a subscriber connection reads from its socket at a time (a larger
-/// message is still read whole): commands are small, and this buffer is
-/// held by every idle connection (`loadgen idle`: 4 KiB of it was a third
-/// of an idle connection's memory). A `subscribe` to a few symbols fits.
-const READ_BUFFER_BYTES: usize = 256;
+/// message is still read whole, the buffer growing to hold it): commands
+/// are small, and this buffer is held by every idle connection (`loadgen
+/// idle`: 4 KiB of it was a third of an idle connection's memory, and 256
+/// bytes still cost 190 more than this). A `subscribe` to a symbol or two
+/// fits.
+const READ_BUFFER_BYTES: usize = 64;
 /// Publishers send large batches on `/ws/ingest`: read them in big chunks.
 const INGEST_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Frames are written once this much is buffered, or at the end of a batch.
@@ -81,20 +86,9 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
         READ_BUFFER_BYTES
     };
     let config = ws_config(max_message, read_buffer);
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let Some(accepted) = Accepted::from_upgrade(upgraded, config, peer) else {
-            tracing::warn!(%peer, "upgraded connection is not a TCP stream");
-            return;
-        };
-        run_connection(accepted, node, endpoint, identity, permit).await;
-    });
+    tokio::spawn(connection_task(
+        on_upgrade, node, endpoint, identity, config, peer, permit,
+    ));
     switching_protocols(&key)
 }
 
@@ -198,24 +192,54 @@ pub(super) async fn upgrade_echo(
     switching_protocols(&key)
 }
 
-async fn run_connection(
-    accepted: Accepted,
+/// A WebSocket connection's task, from the upgrade to the close. Its setup
+/// ([`open`]) is boxed and freed once done, then the open connection is
+/// served: `then` holds one of the two at a time, where a single async
+/// block would keep everything it was given (the upgrade, the identity,
+/// the config) beside the open connection for its whole life.
+fn connection_task(
+    on_upgrade: OnUpgrade,
     node: Arc<Node>,
     endpoint: Endpoint,
     identity: Identity,
-    _permit: ConnectionPermit,
-) {
+    config: WebSocketConfig,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) -> impl Future<Output = ()> + Send + 'static {
+    Box::pin(open(on_upgrade, node, endpoint, identity, config, peer)).then(|mut open| async move {
+        let _permit = permit;
+        // Served in place: moved out, it would be kept twice.
+        if let Some(subscriber) = &mut open {
+            subscriber.serve().await;
+        }
+    })
+}
+
+/// Completes the upgrade; a subscriber's connection comes back set up, to
+/// be served, a publisher's is served here to its end.
+async fn open(
+    on_upgrade: OnUpgrade,
+    node: Arc<Node>,
+    endpoint: Endpoint,
+    identity: Identity,
+    config: WebSocketConfig,
+    peer: SocketAddr,
+) -> Option<OpenSubscriber> {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    let Some(accepted) = Accepted::from_upgrade(upgraded, config, peer) else {
+        tracing::warn!(%peer, "upgraded connection is not a TCP stream");
+        return None;
+    };
     if endpoint == Endpoint::Ingest {
         let publisher = identity.publisher_key();
-        // Boxed: the subscriber connections sharing this function should
-        // not carry the publisher's future inline.
-        Box::pin(connection::serve_ingest(
-            accepted,
-            node.connections.clone(),
-            publisher,
-        ))
-        .await;
-    } else {
-        connection::serve_subscriber(accepted, node.connections.clone(), endpoint, identity).await;
+        connection::serve_ingest(accepted, node.connections.clone(), publisher).await;
+        return None;
     }
+    Some(connection::open_subscriber(accepted, node.connections.clone(), endpoint, identity).await)
 }
