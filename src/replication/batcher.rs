@@ -1,8 +1,8 @@
 //! Publishes on their way to Redis: validated updates turned into the
 //! publishing script's arguments, gathered in batches (everything waiting,
-//! up to a bound), one script call per stream group, all groups at once;
-//! the next batch only after this one is answered, so a publisher's
-//! order holds.
+//! up to a bound), one script call per batch on one Redis and one per
+//! stream group (all at once) on a Redis Cluster; the next batch only
+//! after this one is answered, so a publisher's order holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +26,10 @@ pub(super) struct Job {
 }
 
 impl Replication {
-    /// The first arguments of the publishing script (publish.lua's, which
-    /// publish_once.lua passes on): the group's prefix and channel, the
-    /// publish command, the history and unread bounds, and how many
-    /// entries follow.
+    /// The first arguments of the once-only publishing script
+    /// (publish_once.lua, which hands them on to publish.lua as one
+    /// section): the group's prefix and channel, the publish command, the
+    /// history and unread bounds, and how many entries follow.
     pub(super) fn script_head(&self, inv: &mut redis::ScriptInvocation<'_>, group: u64, entries: usize) {
         inv.arg(layout::prefix(group))
             .arg(layout::channel(group))
@@ -40,9 +40,9 @@ impl Replication {
     }
 
     /// Sends queued publishes to Redis in batches: everything waiting, up
-    /// to [`MAX_BATCH`] entries, one script call per group, all groups at
-    /// once; the next batch only after this one is answered, so a
-    /// publisher's order holds.
+    /// to [`MAX_BATCH`] entries, in one script call (one per group in a
+    /// Redis Cluster, all at once); the next batch only after this one is
+    /// answered, so a publisher's order holds.
     pub(super) async fn batcher(self: Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
         while let Some(first) = jobs.recv().await {
             let mut batch = vec![first];
@@ -76,29 +76,50 @@ impl Replication {
 
     pub(super) async fn run_batch(&self, batch: &[Job]) -> Result<Vec<Vec<i64>>, ReplicationError> {
         let conn = self.conn()?;
-        // Entries by group, remembering where each came from.
-        let mut groups: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
+        // Entries by group, in order, remembering where each came from.
+        let mut groups: Vec<(u64, Vec<(usize, usize)>)> = Vec::new();
+        let mut index: HashMap<u64, usize> = HashMap::new();
         for (j, job) in batch.iter().enumerate() {
             for (e, entry) in job.entries.iter().enumerate() {
-                groups.entry(entry.group).or_default().push((j, e));
+                let at = *index.entry(entry.group).or_insert_with(|| {
+                    groups.push((entry.group, Vec::new()));
+                    groups.len() - 1
+                });
+                groups[at].1.push((j, e));
             }
         }
-        let calls = groups.iter().map(|(group, places)| {
+        // A Redis Cluster takes one group per call (one slot); one Redis
+        // takes the whole batch in one call, every group a section of it.
+        let calls: Vec<&[(u64, Vec<(usize, usize)>)]> = if self.cluster.load(Ordering::Relaxed) {
+            groups.chunks(1).collect()
+        } else {
+            vec![&groups[..]]
+        };
+        let requests = calls.iter().map(|sections| {
             let mut conn = conn.clone();
-            let mut inv = self.publish_script.key(layout::channel(*group));
-            self.script_head(&mut inv, *group, places.len());
-            for (j, e) in places {
-                for a in &batch[*j].entries[*e].args {
-                    inv.arg(a.as_str());
+            let mut inv = self.publish_script.key(layout::channel(sections[0].0));
+            inv.arg(self.publish_command())
+                .arg(self.history_messages)
+                .arg(self.max_unread)
+                .arg(sections.len());
+            for (group, places) in sections.iter() {
+                inv.arg(layout::prefix(*group))
+                    .arg(layout::channel(*group))
+                    .arg(places.len());
+                for (j, e) in places {
+                    for a in &batch[*j].entries[*e].args {
+                        inv.arg(a.as_str());
+                    }
                 }
             }
             async move { conn.script::<Vec<i64>>(&inv).await }
         });
-        let replies = futures_util::future::join_all(calls).await;
+        let replies = futures_util::future::join_all(requests).await;
         let mut out: Vec<Vec<i64>> = batch.iter().map(|j| vec![0; j.entries.len()]).collect();
-        for ((_, places), reply) in groups.iter().zip(replies) {
+        for (sections, reply) in calls.iter().zip(replies) {
             let seqs = reply?;
-            for ((j, e), seq) in places.iter().zip(seqs) {
+            let places = sections.iter().flat_map(|(_, places)| places);
+            for ((j, e), seq) in places.zip(seqs) {
                 out[*j][*e] = seq;
             }
         }

@@ -1,4 +1,5 @@
--- ARGV: those of publish.lua (6, then 9 per entry), then one id per entry
+-- ARGV: prefix, channel, publish command, history length, max unread,
+-- entry count, then publish.lua's 9 fields per entry, then one id per entry
 -- ("" for an entry without one), then the records' lifetime in ms.
 -- Returns two integers per entry: publish.lua's result for it (its first
 -- result when its id was already recorded, or named twice in this call)
@@ -9,7 +10,8 @@ end
 local p, n = ARGV[1], tonumber(ARGV[6])
 local ids = 7 + 9 * n
 local ttl = ARGV[ids + n]
-local fresh = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], 0}
+-- publish.lua's arguments: its head, then this group as its one section.
+local fresh = {ARGV[3], ARGV[4], ARGV[5], 1, ARGV[1], ARGV[2], 0}
 local taken, result, seen, first = {}, {}, {}, {}
 for e = 1, n do
   local id = ARGV[ids + e - 1]
@@ -33,7 +35,7 @@ for e = 1, n do
   end
 end
 if #taken > 0 then
-  fresh[6] = #taken
+  fresh[7] = #taken
   local out = publish_group(fresh)
   for k, e in ipairs(taken) do
     result[e] = out[k]
