@@ -41,8 +41,8 @@ impl LatencyHistogram {
 pub struct Metrics {
     started: std::sync::OnceLock<Instant>,
     /// Open connections per endpoint; signed so a racing decrement never wraps.
-    connections: [AtomicI64; 4],
-    connections_total: [AtomicU64; 4],
+    connections: [AtomicI64; Endpoint::COUNT],
+    connections_total: [AtomicU64; Endpoint::COUNT],
     rejected_handshakes: AtomicU64,
     messages_in: [AtomicU64; 4],
     rejected_publishes: AtomicU64,
@@ -212,7 +212,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {v}");
             }
         };
-        let per_endpoint = |a: &[AtomicI64; 4]| -> Vec<(String, f64)> {
+        let per_endpoint = |a: &[AtomicI64; Endpoint::COUNT]| -> Vec<(String, f64)> {
             Endpoint::ALL
                 .iter()
                 .map(|e| {

@@ -32,7 +32,7 @@ use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Overflow};
 use crate::protocol::close::CloseReason;
-use crate::protocol::{Endpoint, LogSafe};
+use crate::protocol::{Endpoint, LogSafe, Streams};
 use crate::registry::{Subscriber, SubscriberId};
 use crate::replication::Replication;
 use crate::shutdown::Shutdown;
@@ -155,13 +155,25 @@ impl Reader for SubscriberReader<'_> {
     }
 }
 
-/// Runs a subscriber connection to its end.
-pub async fn serve_subscriber(accepted: Accepted, ctx: Arc<Context>, endpoint: Endpoint, identity: Identity) {
+/// Runs a subscriber connection to its end: a socket of `endpoint`
+/// carrying `streams` (one kind on version 1's endpoints, any on
+/// `/ws/stream/`).
+pub async fn serve_subscriber(
+    accepted: Accepted,
+    ctx: Arc<Context>,
+    endpoint: Endpoint,
+    streams: Streams,
+    identity: Identity,
+) {
     let id = SubscriberId::next();
     let peer = accepted.peer;
-    let overflow = match endpoint {
-        Endpoint::MarketData => ctx.config.market_data_overflow,
-        _ => Overflow::Close,
+    // Conflation drops only market updates (the only keyed frames), so a
+    // socket that also carries signals or notifications may conflate too:
+    // those are kept, and the socket is cut if even they do not fit.
+    let overflow = if streams.carries(Streams::MARKET_DATA) {
+        ctx.config.market_data_overflow
+    } else {
+        Overflow::Close
     };
     let capacity = ctx.config.outbound_queue_frames.get();
     let outbox = Arc::new(
@@ -184,7 +196,7 @@ pub async fn serve_subscriber(accepted: Accepted, ctx: Arc<Context>, endpoint: E
     // async fn's parameters stay in its future for its whole life, and
     // `accepted` there cost every idle connection 0.5 KiB.)
     let mut link = Box::pin(Link::new(id.0, accepted, outbox.clone())).await;
-    let session = Session::new(endpoint, identity, sub, ctx.sessions.clone());
+    let session = Session::new(endpoint, streams, identity, sub, ctx.sessions.clone());
     let mut reader = SubscriberReader {
         session,
         ctx: &ctx,

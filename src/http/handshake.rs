@@ -17,7 +17,7 @@ use super::{auth_failure, authenticate, error_response, PeerAddr};
 use crate::auth::{self, Identity};
 use crate::connection::{self, Accepted};
 use crate::node::{AdmitError, ConnectionPermit, Node};
-use crate::protocol::Endpoint;
+use crate::protocol::{Endpoint, Streams};
 
 /// Bytes a subscriber connection reads from its socket at a time (a larger
 /// message is still read whole): commands are small, and this buffer is
@@ -53,6 +53,10 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
             Ok(id) => id,
             Err(e) => return auth_failure(&node, e),
         }
+    };
+    let streams = match streams_of(endpoint, req.uri().query()) {
+        Ok(s) => s,
+        Err(refusal) => return *refusal,
     };
     let key = match websocket_key(headers) {
         Ok(k) => k,
@@ -93,9 +97,25 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
             tracing::warn!(%peer, "upgraded connection is not a TCP stream");
             return;
         };
-        run_connection(accepted, node, endpoint, identity, permit).await;
+        run_connection(accepted, node, endpoint, streams, identity, permit).await;
     });
     switching_protocols(&key)
+}
+
+/// What a subscriber socket carries: its endpoint's stream, or on
+/// `/ws/stream/` the `streams` query parameter (all three when absent,
+/// PROTOCOL.md 5.1); a list naming anything else is refused with 400
+/// before the upgrade, like a bad token.
+fn streams_of(endpoint: Endpoint, query: Option<&str>) -> Result<Streams, Box<Response>> {
+    if endpoint != Endpoint::Stream {
+        return Ok(Streams::of(endpoint));
+    }
+    match query.and_then(|q| auth::query_param(q, "streams")) {
+        None => Ok(Streams::ALL),
+        Some(list) => {
+            Streams::parse(&list).map_err(|why| Box::new(error_response(StatusCode::BAD_REQUEST, why)))
+        }
+    }
 }
 
 /// The `Sec-WebSocket-Key` of a valid version-13 upgrade request, or the
@@ -202,6 +222,7 @@ async fn run_connection(
     accepted: Accepted,
     node: Arc<Node>,
     endpoint: Endpoint,
+    streams: Streams,
     identity: Identity,
     _permit: ConnectionPermit,
 ) {
@@ -216,6 +237,6 @@ async fn run_connection(
         ))
         .await;
     } else {
-        connection::serve_subscriber(accepted, node.connections.clone(), endpoint, identity).await;
+        connection::serve_subscriber(accepted, node.connections.clone(), endpoint, streams, identity).await;
     }
 }
