@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::protocol::frame::compression_counts;
 use crate::protocol::{Endpoint, UpdateKind};
 
 /// Latency in microseconds, 1 µs to 60 s, 3 significant digits.
@@ -48,6 +49,7 @@ pub struct Metrics {
     rejected_publishes: AtomicU64,
     messages_out: AtomicU64,
     bytes_out: AtomicU64,
+    bytes_out_uncompressed: AtomicU64,
     slow_consumer_cuts: AtomicU64,
     conflated_frames: AtomicU64,
     rate_limited_commands: AtomicU64,
@@ -106,9 +108,13 @@ impl Metrics {
         self.rejected_publishes.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn wrote(&self, frames: u64, bytes: u64) {
+    /// Messages written: their payload bytes as written (compressed
+    /// where permessage-deflate was), and the same before compression.
+    pub fn wrote(&self, frames: u64, bytes: u64, plain_bytes: u64) {
         self.messages_out.fetch_add(frames, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes_out_uncompressed
+            .fetch_add(plain_bytes, Ordering::Relaxed);
     }
 
     pub fn slow_consumer_cut(&self) {
@@ -186,6 +192,8 @@ impl Metrics {
             "messages_in": ins,
             "messages_out": self.messages_out.load(Ordering::Relaxed),
             "bytes_out": self.bytes_out.load(Ordering::Relaxed),
+            "bytes_out_uncompressed": self.bytes_out_uncompressed.load(Ordering::Relaxed),
+            "frames_compressed": compression_counts().0,
             "slow_consumer_cuts": self.slow_consumer_cuts.load(Ordering::Relaxed),
             "conflated_frames": self.conflated_frames.load(Ordering::Relaxed),
             "rate_limited_publishes": self.rate_limited_publishes.load(Ordering::Relaxed),
@@ -263,7 +271,7 @@ impl Metrics {
                 })
                 .collect::<Vec<_>>(),
         );
-        let simple: [(&str, &str, &str, &AtomicU64); 10] = [
+        let simple: [(&str, &str, &str, &AtomicU64); 11] = [
             (
                 "tickwire_conflated_frames_total",
                 "counter",
@@ -291,8 +299,14 @@ impl Metrics {
             (
                 "tickwire_bytes_out_total",
                 "counter",
-                "Payload bytes written to subscribers.",
+                "Payload bytes written to subscribers, as written (after permessage-deflate where it was used).",
                 &self.bytes_out,
+            ),
+            (
+                "tickwire_bytes_out_uncompressed_total",
+                "counter",
+                "The same payloads' bytes before compression.",
+                &self.bytes_out_uncompressed,
             ),
             (
                 "tickwire_slow_consumer_cuts_total",
@@ -328,6 +342,25 @@ impl Metrics {
         for (name, kind, help, v) in simple {
             family(name, kind, help, &[(String::new(), v.load(r) as f64)]);
         }
+        let (compressed, compressed_in, compressed_out) = compression_counts();
+        family(
+            "tickwire_frames_compressed_total",
+            "counter",
+            "Frames compressed for permessage-deflate: once per frame, however many subscribers it goes to.",
+            &[(String::new(), compressed as f64)],
+        );
+        family(
+            "tickwire_compression_in_bytes_total",
+            "counter",
+            "Bytes of the frames compressed, before compression.",
+            &[(String::new(), compressed_in as f64)],
+        );
+        family(
+            "tickwire_compression_out_bytes_total",
+            "counter",
+            "Bytes of the frames compressed, after compression.",
+            &[(String::new(), compressed_out as f64)],
+        );
         family(
             "tickwire_ring_depth",
             "gauge",
@@ -445,7 +478,7 @@ mod tests {
     fn prometheus_text_names_every_family() {
         let m = Metrics::new(false);
         m.connection_opened(Endpoint::MarketData);
-        m.wrote(3, 300);
+        m.wrote(3, 300, 300);
         m.publish_to_write.record(Duration::from_micros(250));
         let gauges = FanoutGauges {
             ring_depths: vec![0, 1],

@@ -9,6 +9,7 @@
 //! node; it never awaits fanout (commands go to the shards as controls)
 //! and never writes outside its outbox's writer.
 
+mod inflate;
 mod ingest;
 pub mod session;
 mod socket;
@@ -32,6 +33,7 @@ use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Overflow};
 use crate::protocol::close::CloseReason;
+use crate::protocol::frame::Encoding;
 use crate::protocol::{Endpoint, LogSafe, Streams};
 use crate::registry::{Subscriber, SubscriberId};
 use crate::replication::Replication;
@@ -122,18 +124,26 @@ pub struct Accepted {
     pub prefix: Bytes,
     pub config: WebSocketConfig,
     pub peer: SocketAddr,
+    /// What the handshake agreed for frames (permessage-deflate).
+    pub encoding: Encoding,
 }
 
 impl Accepted {
     /// Takes the TCP stream back from an upgraded HTTP connection; `None`
     /// if it is not one (the server serves plain TCP; TLS ends at the proxy).
-    pub fn from_upgrade(upgraded: Upgraded, config: WebSocketConfig, peer: SocketAddr) -> Option<Accepted> {
+    pub fn from_upgrade(
+        upgraded: Upgraded,
+        config: WebSocketConfig,
+        peer: SocketAddr,
+        encoding: Encoding,
+    ) -> Option<Accepted> {
         let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
         Some(Accepted {
             tcp: Arc::new(parts.io.into_inner()),
             prefix: parts.read_buf,
             config,
             peer,
+            encoding,
         })
     }
 }
@@ -178,7 +188,8 @@ pub async fn serve_subscriber(
     let capacity = ctx.config.outbound_queue_frames.get();
     let outbox = Arc::new(
         Outbox::counted(capacity, overflow, ctx.backlog.clone())
-            .with_max_bytes(ctx.config.outbound_queue_bytes.get()),
+            .with_max_bytes(ctx.config.outbound_queue_bytes.get())
+            .with_encoding(accepted.encoding),
     );
     let sub = Arc::new(Subscriber {
         id,

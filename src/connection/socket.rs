@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::inflate::Inflating;
 use super::sweep::{Sweeper, WRITE_TIMEOUT};
 use super::Accepted;
 use crate::metrics::Metrics;
@@ -96,7 +97,11 @@ impl Link {
         // Best effort: a socket without it is still served, only its stalls
         // are told apart less quickly.
         let _ = socket2::SockRef::from(&*accepted.tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES);
-        let wire = Wire::new(accepted.tcp.clone(), accepted.prefix, outbox.clone());
+        let inflate = accepted.encoding.deflate.map(|_| {
+            let max = accepted.config.max_message_size.unwrap_or(usize::MAX);
+            Box::new(Inbound::new(max))
+        });
+        let wire = Wire::new(accepted.tcp.clone(), accepted.prefix, outbox.clone(), inflate);
         outbox.set_socket(Some(accepted.tcp.clone()));
         let ws = WebSocketStream::from_raw_socket(wire, Role::Server, Some(accepted.config)).await;
         Link {
@@ -115,7 +120,7 @@ impl Link {
         };
         let wrote = out.wrote?;
         if wrote.messages > 0 {
-            l.metrics.wrote(wrote.messages, wrote.bytes);
+            l.metrics.wrote(wrote.messages, wrote.bytes, wrote.plain_bytes);
         }
         if let Some(t) = wrote.oldest {
             l.metrics.publish_to_write.record(t.elapsed());
@@ -247,20 +252,107 @@ pub struct Wire {
     /// Bytes the HTTP layer read past the handshake, served first.
     prefix: Bytes,
     outbox: Arc<Outbox>,
+    /// permessage-deflate's inbound side, where it was agreed (boxed: one
+    /// pointer on every other socket).
+    inflate: Option<Box<Inbound>>,
 }
 
+/// What a deflate socket's reads go through: [`Inflating`] and the bytes
+/// it made that tungstenite has not read yet.
+pub struct Inbound {
+    inflating: Inflating,
+    pending: Vec<u8>,
+    at: usize,
+    /// The client sent what closes the connection: reads end.
+    failed: bool,
+}
+
+impl Inbound {
+    fn new(max_bytes: usize) -> Inbound {
+        Inbound {
+            inflating: Inflating::new(max_bytes),
+            pending: Vec::new(),
+            at: 0,
+            failed: false,
+        }
+    }
+}
+
+/// Bytes a deflate socket reads from the kernel at a time.
+const INFLATE_READ_BYTES: usize = 4096;
+
 impl Wire {
-    pub fn new(tcp: Arc<TcpStream>, prefix: Bytes, outbox: Arc<Outbox>) -> Wire {
+    pub fn new(
+        tcp: Arc<TcpStream>,
+        prefix: Bytes,
+        outbox: Arc<Outbox>,
+        inflate: Option<Box<Inbound>>,
+    ) -> Wire {
         // A copy: the bytes are a view of the HTTP layer's read buffer
         // (8 KiB), which even an empty view would keep allocated.
         let prefix = Bytes::copy_from_slice(&prefix);
-        Wire { tcp, prefix, outbox }
+        Wire {
+            tcp,
+            prefix,
+            outbox,
+            inflate,
+        }
+    }
+
+    /// A read through [`Inflating`]: what it made first, then the socket.
+    /// A message it refuses closes the connection through the outbox (the
+    /// close code is its own: 1009 for a bomb), and reads end.
+    fn poll_read_inflating(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let Some(st) = self.inflate.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if st.at < st.pending.len() {
+                let n = (st.pending.len() - st.at).min(buf.remaining());
+                buf.put_slice(&st.pending[st.at..st.at + n]);
+                st.at += n;
+                if st.at == st.pending.len() {
+                    st.at = 0;
+                    st.pending.clear();
+                    if st.pending.capacity() > INFLATE_READ_BYTES {
+                        st.pending = Vec::new();
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if st.failed {
+                return Poll::Ready(Ok(()));
+            }
+            let mut raw = [0u8; INFLATE_READ_BYTES];
+            let n = if !self.prefix.is_empty() {
+                let n = self.prefix.len().min(raw.len());
+                raw[..n].copy_from_slice(&self.prefix.split_to(n));
+                n
+            } else {
+                ready!(self.tcp.poll_read_ready(cx))?;
+                match self.tcp.try_read(&mut raw) {
+                    Ok(0) => return Poll::Ready(Ok(())),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            };
+            if let Err(reason) = st.inflating.feed(&raw[..n], &mut st.pending) {
+                self.outbox.close(reason);
+                st.failed = true;
+                st.pending = Vec::new();
+                st.at = 0;
+            }
+        }
     }
 }
 
 impl AsyncRead for Wire {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.inflate.is_some() {
+            return this.poll_read_inflating(cx, buf);
+        }
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));

@@ -17,6 +17,8 @@ use super::{auth_failure, authenticate, error_response, PeerAddr};
 use crate::auth::{self, Identity};
 use crate::connection::{self, Accepted};
 use crate::node::{AdmitError, ConnectionPermit, Node};
+use crate::protocol::deflate;
+use crate::protocol::frame::{Deflate, Encoding};
 use crate::protocol::{Endpoint, Streams};
 
 /// Bytes a subscriber connection reads from its socket at a time (a larger
@@ -68,6 +70,12 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
         // send new clients elsewhere, as /ready says. Open ones stay.
         return *refuse(&node, AdmitError::NotReady);
     }
+    // permessage-deflate for subscribers (PROTOCOL.md 5.2); publishers'
+    // batches are not compressed.
+    let agreed = (endpoint != Endpoint::Ingest && node.config.compression)
+        .then(|| offered_deflate(req.headers()))
+        .flatten();
+    let encoding = encoding_for(agreed.as_ref(), node.config.compression_min_bytes);
     let peer = peer_addr(&req);
     let permit = match admit(&node, peer) {
         Ok(p) => p,
@@ -93,13 +101,38 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
                 return;
             }
         };
-        let Some(accepted) = Accepted::from_upgrade(upgraded, config, peer) else {
+        let Some(accepted) = Accepted::from_upgrade(upgraded, config, peer, encoding) else {
             tracing::warn!(%peer, "upgraded connection is not a TCP stream");
             return;
         };
         run_connection(accepted, node, endpoint, streams, identity, permit).await;
     });
-    switching_protocols(&key)
+    switching_protocols(&key, agreed.as_ref())
+}
+
+/// The permessage-deflate offer of a handshake the server takes, if any.
+fn offered_deflate(headers: &HeaderMap) -> Option<deflate::Agreed> {
+    deflate::negotiate(
+        headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+/// How a socket's frames are sent, from what its handshake agreed.
+fn encoding_for(agreed: Option<&deflate::Agreed>, min_bytes: u32) -> Encoding {
+    Encoding {
+        deflate: agreed.map(|a| Deflate {
+            min_bytes,
+            // With the full window any payload inflates on the other side;
+            // with a smaller one, only payloads that fit in it.
+            max_bytes: match a.server_window_bits {
+                15.. => u32::MAX,
+                bits => 1 << bits,
+            },
+        }),
+    }
 }
 
 /// What a subscriber socket carries: its endpoint's stream, or on
@@ -176,13 +209,16 @@ fn ws_config(max_message: NonZeroUsize, read_buffer: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message.get()))
 }
 
-fn switching_protocols(key: &HeaderValue) -> Response {
-    Response::builder()
+fn switching_protocols(key: &HeaderValue, deflate: Option<&deflate::Agreed>) -> Response {
+    let mut resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
-        .body(Body::empty())
+        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()));
+    if let Some(agreed) = deflate {
+        resp = resp.header(header::SEC_WEBSOCKET_EXTENSIONS, &agreed.response);
+    }
+    resp.body(Body::empty())
         .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "handshake"))
 }
 
@@ -203,19 +239,25 @@ pub(super) async fn upgrade_echo(
         Ok(p) => p,
         Err(refusal) => return *refusal,
     };
+    let agreed = node
+        .config
+        .compression
+        .then(|| offered_deflate(req.headers()))
+        .flatten();
+    let encoding = encoding_for(agreed.as_ref(), node.config.compression_min_bytes);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = ws_config(node.config.max_message_bytes, READ_BUFFER_BYTES);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let Some(accepted) = Accepted::from_upgrade(upgraded, ws_config, peer) else {
+        let Some(accepted) = Accepted::from_upgrade(upgraded, ws_config, peer, encoding) else {
             return;
         };
         crate::echo::serve(accepted, node.connections.clone()).await;
         drop(permit);
     });
-    switching_protocols(&key)
+    switching_protocols(&key, agreed.as_ref())
 }
 
 async fn run_connection(

@@ -5,7 +5,9 @@
 
 pub mod close;
 pub mod command;
+pub mod deflate;
 pub mod encode;
+pub mod frame;
 pub mod update;
 
 use std::fmt;
