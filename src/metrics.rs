@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::protocol::frame::compression_counts;
+use crate::protocol::frame::{compression_counts, msgpack_count};
 use crate::protocol::{Endpoint, UpdateKind};
 
 /// Latency in microseconds, 1 µs to 60 s, 3 significant digits.
@@ -50,6 +50,8 @@ pub struct Metrics {
     messages_out: AtomicU64,
     bytes_out: AtomicU64,
     bytes_out_uncompressed: AtomicU64,
+    /// Of `messages_out`, those written as MessagePack binary frames.
+    messages_out_msgpack: AtomicU64,
     slow_consumer_cuts: AtomicU64,
     conflated_frames: AtomicU64,
     rate_limited_commands: AtomicU64,
@@ -108,10 +110,14 @@ impl Metrics {
         self.rejected_publishes.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Messages written: their payload bytes as written (compressed
-    /// where permessage-deflate was), and the same before compression.
-    pub fn wrote(&self, frames: u64, bytes: u64, plain_bytes: u64) {
+    /// Messages written (`binary` of them as MessagePack): their payload
+    /// bytes as written (compressed where permessage-deflate was), and the
+    /// same before compression.
+    pub fn wrote(&self, frames: u64, bytes: u64, plain_bytes: u64, binary: u64) {
         self.messages_out.fetch_add(frames, Ordering::Relaxed);
+        if binary > 0 {
+            self.messages_out_msgpack.fetch_add(binary, Ordering::Relaxed);
+        }
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         self.bytes_out_uncompressed
             .fetch_add(plain_bytes, Ordering::Relaxed);
@@ -194,6 +200,10 @@ impl Metrics {
             "bytes_out": self.bytes_out.load(Ordering::Relaxed),
             "bytes_out_uncompressed": self.bytes_out_uncompressed.load(Ordering::Relaxed),
             "frames_compressed": compression_counts().0,
+            "messages_out_by_format": {
+                "json": self.messages_out.load(Ordering::Relaxed).saturating_sub(self.messages_out_msgpack.load(Ordering::Relaxed)),
+                "msgpack": self.messages_out_msgpack.load(Ordering::Relaxed),
+            },
             "slow_consumer_cuts": self.slow_consumer_cuts.load(Ordering::Relaxed),
             "conflated_frames": self.conflated_frames.load(Ordering::Relaxed),
             "rate_limited_publishes": self.rate_limited_publishes.load(Ordering::Relaxed),
@@ -342,6 +352,25 @@ impl Metrics {
         for (name, kind, help, v) in simple {
             family(name, kind, help, &[(String::new(), v.load(r) as f64)]);
         }
+        let msgpack_out = self.messages_out_msgpack.load(r);
+        family(
+            "tickwire_messages_out_by_format_total",
+            "counter",
+            "Frames written to subscribers, by format (json text, msgpack binary).",
+            &[
+                (
+                    "{format=\"json\"}".to_string(),
+                    self.messages_out.load(r).saturating_sub(msgpack_out) as f64,
+                ),
+                ("{format=\"msgpack\"}".to_string(), msgpack_out as f64),
+            ],
+        );
+        family(
+            "tickwire_frames_encoded_msgpack_total",
+            "counter",
+            "Frames given a MessagePack form: once per frame, however many subscribers get it.",
+            &[(String::new(), msgpack_count() as f64)],
+        );
         let (compressed, compressed_in, compressed_out) = compression_counts();
         family(
             "tickwire_frames_compressed_total",
@@ -478,7 +507,7 @@ mod tests {
     fn prometheus_text_names_every_family() {
         let m = Metrics::new(false);
         m.connection_opened(Endpoint::MarketData);
-        m.wrote(3, 300, 300);
+        m.wrote(3, 300, 300, 0);
         m.publish_to_write.record(Duration::from_micros(250));
         let gauges = FanoutGauges {
             ring_depths: vec![0, 1],

@@ -33,7 +33,7 @@ use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Overflow};
 use crate::protocol::close::CloseReason;
-use crate::protocol::frame::Encoding;
+use crate::protocol::frame::{Encoding, Format};
 use crate::protocol::{Endpoint, LogSafe, Streams};
 use crate::registry::{Subscriber, SubscriberId};
 use crate::replication::Replication;
@@ -154,6 +154,9 @@ struct SubscriberReader<'a> {
     session: Session,
     ctx: &'a Context,
     outbox: &'a Outbox,
+    /// Binary frames are MessagePack commands (`format=msgpack`), not the
+    /// 1003 of a JSON socket.
+    msgpack: bool,
 }
 
 impl Reader for SubscriberReader<'_> {
@@ -161,6 +164,15 @@ impl Reader for SubscriberReader<'_> {
         // A fresh list per command: an idle connection keeps no room for one.
         let mut effects = Vec::new();
         self.session.on_text(text, Instant::now(), &mut effects).await;
+        self.ctx.apply(self.outbox, &mut effects)
+    }
+
+    async fn on_binary(&mut self, data: &[u8]) -> Option<CloseReason> {
+        if !self.msgpack {
+            return Some(CloseReason::Binary);
+        }
+        let mut effects = Vec::new();
+        Box::pin(self.session.on_msgpack(data, Instant::now(), &mut effects)).await;
         self.ctx.apply(self.outbox, &mut effects)
     }
 }
@@ -197,7 +209,17 @@ pub async fn serve_subscriber(
         access: identity.symbols.clone(),
     });
     let opened = Instant::now();
-    tracing::info!(conn = id.0, endpoint = endpoint.name(), user = %LogSafe(&identity.user), %peer, "connection opened");
+    let format = accepted.encoding.format;
+    tracing::info!(
+        conn = id.0,
+        endpoint = endpoint.name(),
+        streams = %streams.names(),
+        format = format.name(),
+        deflate = accepted.encoding.deflate.is_some(),
+        user = %LogSafe(&identity.user),
+        %peer,
+        "connection opened"
+    );
     ctx.metrics.connection_opened(endpoint);
     ctx.sweeper
         .watch(id.0, outbox.clone(), identity.expires_at, &ctx.shutdown);
@@ -212,6 +234,7 @@ pub async fn serve_subscriber(
         session,
         ctx: &ctx,
         outbox: &outbox,
+        msgpack: format == Format::MsgPack,
     };
     let mut effects = Vec::new();
     Box::pin(reader.session.attach(&mut effects)).await;

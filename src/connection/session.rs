@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::protocol::close::CloseReason;
 use crate::protocol::command::{self, Command};
 use crate::protocol::encode::{self, Frame};
+use crate::protocol::msgpack;
 use crate::protocol::{Endpoint, ErrorCode, ProtocolError, StreamKey, Streams};
 use crate::registry::{SignalFilter, Subscriber};
 use crate::replication::Replication;
@@ -126,6 +127,24 @@ impl Session {
     pub async fn on_text(&mut self, text: &str, now: Instant, out: &mut Vec<Effect>) {
         // Decoded first, so that even a refusal echoes the command's `id`.
         let envelope = command::decode_on(text.as_bytes(), self.endpoint, self.streams);
+        self.on_envelope(envelope, now, out).await;
+    }
+
+    /// Acts on one binary frame holding a MessagePack command (a socket
+    /// opened with `format=msgpack`, PROTOCOL.md 5.3); bytes that are not
+    /// MessagePack get `invalid_json`, as text that is not JSON does.
+    pub async fn on_msgpack(&mut self, bytes: &[u8], now: Instant, out: &mut Vec<Effect>) {
+        let envelope = match msgpack::decode(bytes) {
+            Ok(value) => command::decode_value(value, self.endpoint, self.streams),
+            Err(why) => command::Envelope {
+                id: None,
+                command: Err(ProtocolError::new(ErrorCode::InvalidJson, why)),
+            },
+        };
+        self.on_envelope(envelope, now, out).await;
+    }
+
+    async fn on_envelope(&mut self, envelope: command::Envelope, now: Instant, out: &mut Vec<Effect>) {
         let id = envelope.id.as_ref();
         if !self.limit.take(now) {
             self.env.metrics.rate_limited();

@@ -120,7 +120,12 @@ impl Link {
         };
         let wrote = out.wrote?;
         if wrote.messages > 0 {
-            l.metrics.wrote(wrote.messages, wrote.bytes, wrote.plain_bytes);
+            l.metrics.wrote(
+                wrote.messages,
+                wrote.bytes,
+                wrote.plain_bytes,
+                wrote.binary_messages,
+            );
         }
         if let Some(t) = wrote.oldest {
             l.metrics.publish_to_write.record(t.elapsed());

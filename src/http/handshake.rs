@@ -18,7 +18,7 @@ use crate::auth::{self, Identity};
 use crate::connection::{self, Accepted};
 use crate::node::{AdmitError, ConnectionPermit, Node};
 use crate::protocol::deflate;
-use crate::protocol::frame::{Deflate, Encoding};
+use crate::protocol::frame::{Deflate, Encoding, Format};
 use crate::protocol::{Endpoint, Streams};
 
 /// Bytes a subscriber connection reads from its socket at a time (a larger
@@ -60,6 +60,10 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
         Ok(s) => s,
         Err(refusal) => return *refusal,
     };
+    let format = match format_of(endpoint, req.uri().query()) {
+        Ok(f) => f,
+        Err(refusal) => return *refusal,
+    };
     let key = match websocket_key(headers) {
         Ok(k) => k,
         Err(refusal) => return *refusal,
@@ -75,7 +79,7 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
     let agreed = (endpoint != Endpoint::Ingest && node.config.compression)
         .then(|| offered_deflate(req.headers()))
         .flatten();
-    let encoding = encoding_for(agreed.as_ref(), node.config.compression_min_bytes);
+    let encoding = encoding_for(format, agreed.as_ref(), node.config.compression_min_bytes);
     let peer = peer_addr(&req);
     let permit = match admit(&node, peer) {
         Ok(p) => p,
@@ -120,9 +124,10 @@ fn offered_deflate(headers: &HeaderMap) -> Option<deflate::Agreed> {
     )
 }
 
-/// How a socket's frames are sent, from what its handshake agreed.
-fn encoding_for(agreed: Option<&deflate::Agreed>, min_bytes: u32) -> Encoding {
+/// How a socket's frames are sent, from what its handshake asked and agreed.
+fn encoding_for(format: Format, agreed: Option<&deflate::Agreed>, min_bytes: u32) -> Encoding {
     Encoding {
+        format,
         deflate: agreed.map(|a| Deflate {
             min_bytes,
             // With the full window any payload inflates on the other side;
@@ -148,6 +153,26 @@ fn streams_of(endpoint: Endpoint, query: Option<&str>) -> Result<Streams, Box<Re
         Some(list) => {
             Streams::parse(&list).map_err(|why| Box::new(error_response(StatusCode::BAD_REQUEST, why)))
         }
+    }
+}
+
+/// The `format` query parameter (PROTOCOL.md 5.3): `json` (the default)
+/// or `msgpack` on a subscriber endpoint; publishers speak JSON. Anything
+/// else is refused with 400 before the upgrade.
+fn format_of(endpoint: Endpoint, query: Option<&str>) -> Result<Format, Box<Response>> {
+    let Some(asked) = query.and_then(|q| auth::query_param(q, "format")) else {
+        return Ok(Format::Json);
+    };
+    match Format::parse(&asked) {
+        Some(Format::MsgPack) if endpoint == Endpoint::Ingest => Err(Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            "/ws/ingest speaks JSON: `format=msgpack` is for subscriber endpoints",
+        ))),
+        Some(f) => Ok(f),
+        None => Err(Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            "`format` is json or msgpack",
+        ))),
     }
 }
 
@@ -244,7 +269,7 @@ pub(super) async fn upgrade_echo(
         .compression
         .then(|| offered_deflate(req.headers()))
         .flatten();
-    let encoding = encoding_for(agreed.as_ref(), node.config.compression_min_bytes);
+    let encoding = encoding_for(Format::Json, agreed.as_ref(), node.config.compression_min_bytes);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = ws_config(node.config.max_message_bytes, READ_BUFFER_BYTES);
     tokio::spawn(async move {

@@ -480,6 +480,7 @@ impl Outbox {
                     total.messages += w.messages;
                     total.bytes += w.bytes;
                     total.plain_bytes += w.plain_bytes;
+                    total.binary_messages += w.binary_messages;
                     total.progressed |= w.progressed;
                     total.oldest = total.oldest.or(w.oldest);
                     if !w.done {

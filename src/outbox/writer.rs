@@ -115,6 +115,8 @@ pub struct Wrote {
     pub bytes: u64,
     /// The same payloads' bytes before compression.
     pub plain_bytes: u64,
+    /// Of the messages, those sent as binary frames (MessagePack).
+    pub binary_messages: u64,
     /// Everything was written; `false`: the socket is full for now.
     pub done: bool,
     /// When the first update written whole entered the server.
@@ -172,6 +174,7 @@ pub fn write_batch(tcp: &TcpStream, batch: &mut VecDeque<Outgoing>, offset: &mut
                     wrote.messages += 1;
                     wrote.bytes += o.bytes.len() as u64;
                     wrote.plain_bytes += u64::from(o.plain_len);
+                    wrote.binary_messages += u64::from(o.head & 0x0f == 2);
                 }
                 wrote.oldest = wrote.oldest.or(o.received_at);
             }

@@ -1,9 +1,11 @@
 //! [`Frame`]: one message as the server sends it, made once and shared by
 //! every subscriber that gets it (a clone is a reference count). Its JSON
 //! text is made when it is encoded; the other forms a socket may need (the
-//! payload compressed for permessage-deflate) are made lazily, by the
-//! first subscriber whose socket needs them, and kept in the frame for all
-//! the others: a broadcast is compressed once, never per subscriber.
+//! same object as MessagePack, either payload compressed for
+//! permessage-deflate) are made lazily, by the first subscriber whose
+//! socket needs them, and kept in the frame for all the others: a
+//! broadcast is encoded once per format in use and compressed once per
+//! format, never per subscriber.
 //!
 //! Which form a socket takes is its [`Encoding`], fixed at its handshake.
 
@@ -13,10 +15,12 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::deflate;
+use super::{deflate, msgpack};
 
 /// FIN and the opcode of a text frame; [`RSV1`] marks it compressed.
 pub const TEXT_HEAD: u8 = 0x81;
+/// FIN and the opcode of a binary frame (a MessagePack message).
+pub const BINARY_HEAD: u8 = 0x82;
 /// The RSV1 bit of a frame's first byte: "compressed" under permessage-deflate.
 pub const RSV1: u8 = 0x40;
 
@@ -25,6 +29,13 @@ pub const RSV1: u8 = 0x40;
 static COMPRESSED_FRAMES: AtomicU64 = AtomicU64::new(0);
 static COMPRESSED_IN_BYTES: AtomicU64 = AtomicU64::new(0);
 static COMPRESSED_OUT_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Frames given a MessagePack form (once per frame, like compression).
+static MSGPACK_FRAMES: AtomicU64 = AtomicU64::new(0);
+
+/// How many frames were given a MessagePack form since the process started.
+pub fn msgpack_count() -> u64 {
+    MSGPACK_FRAMES.load(Ordering::Relaxed)
+}
 
 /// How many payloads were compressed, from how many bytes into how many,
 /// since the process started.
@@ -40,8 +51,37 @@ pub fn compression_counts() -> (u64, u64, u64) {
 /// What a socket negotiated for the frames it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Encoding {
+    pub format: Format,
     /// permessage-deflate, when negotiated.
     pub deflate: Option<Deflate>,
+}
+
+/// How messages are written on a socket (`?format=`, PROTOCOL.md 5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// One JSON object per text frame.
+    #[default]
+    Json,
+    /// One MessagePack map per binary frame.
+    MsgPack,
+}
+
+impl Format {
+    /// The `format` query parameter's values.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "json" => Some(Format::Json),
+            "msgpack" => Some(Format::MsgPack),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::MsgPack => "msgpack",
+        }
+    }
 }
 
 /// Which payloads go compressed on a socket with permessage-deflate.
@@ -72,6 +112,11 @@ struct Inner {
 struct Forms {
     /// The JSON payload compressed (RFC 7692, no context takeover).
     deflated_json: OnceLock<Bytes>,
+    /// The same object as MessagePack; `None` in the (never seen) case of a
+    /// frame whose text does not parse back, which then goes as JSON.
+    msgpack: OnceLock<Option<Bytes>>,
+    /// The MessagePack payload compressed.
+    deflated_msgpack: OnceLock<Bytes>,
 }
 
 impl Frame {
@@ -101,30 +146,54 @@ impl Frame {
 
     /// The JSON payload compressed, made by the first caller.
     pub fn deflated_json(&self) -> &Bytes {
-        self.forms().deflated_json.get_or_init(|| {
-            let packed = deflate::compress(self.0.json.as_bytes());
-            COMPRESSED_FRAMES.fetch_add(1, Ordering::Relaxed);
-            COMPRESSED_IN_BYTES.fetch_add(self.0.json.len() as u64, Ordering::Relaxed);
-            COMPRESSED_OUT_BYTES.fetch_add(packed.len() as u64, Ordering::Relaxed);
-            packed
-        })
+        self.forms()
+            .deflated_json
+            .get_or_init(|| counted_compress(self.0.json.as_bytes()))
+    }
+
+    /// The MessagePack form, made by the first caller.
+    pub fn msgpack(&self) -> Option<&Bytes> {
+        self.forms()
+            .msgpack
+            .get_or_init(|| {
+                MSGPACK_FRAMES.fetch_add(1, Ordering::Relaxed);
+                msgpack::from_json(self.as_str()).map(Bytes::from)
+            })
+            .as_ref()
+    }
+
+    /// The MessagePack payload compressed, made by the first caller.
+    fn deflated_msgpack(&self, plain: &Bytes) -> &Bytes {
+        self.forms()
+            .deflated_msgpack
+            .get_or_init(|| counted_compress(plain))
     }
 
     /// What a socket with `encoding` is sent: the payload, the first byte
     /// of its frame header (FIN, RSV1, opcode) and the payload's length
     /// before compression.
     pub fn for_wire(&self, encoding: Encoding) -> (Bytes, u8, usize) {
-        let plain = self.0.json.len();
+        let (plain, head) = match encoding.format {
+            Format::MsgPack => match self.msgpack() {
+                Some(m) => (m.clone(), BINARY_HEAD),
+                None => (self.json_bytes(), TEXT_HEAD),
+            },
+            Format::Json => (self.json_bytes(), TEXT_HEAD),
+        };
+        let len = plain.len();
         if let Some(d) = encoding.deflate {
-            if plain >= d.min_bytes as usize && plain <= d.max_bytes as usize {
-                let packed = self.deflated_json();
-                // Incompressible text goes as it is.
-                if packed.len() < plain {
-                    return (packed.clone(), TEXT_HEAD | RSV1, plain);
+            if len >= d.min_bytes as usize && len <= d.max_bytes as usize {
+                let packed = match head {
+                    BINARY_HEAD => self.deflated_msgpack(&plain),
+                    _ => self.deflated_json(),
+                };
+                // What compression would not shrink goes as it is.
+                if packed.len() < len {
+                    return (packed.clone(), head | RSV1, len);
                 }
             }
         }
-        (self.json_bytes(), TEXT_HEAD, plain)
+        (plain, head, len)
     }
 
     /// Whether two handles share one frame (the same encoding, not only
@@ -132,6 +201,15 @@ impl Frame {
     pub fn ptr_eq(&self, other: &Frame) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// Compresses a payload, counted (once per frame and form).
+fn counted_compress(plain: &[u8]) -> Bytes {
+    let packed = deflate::compress(plain);
+    COMPRESSED_FRAMES.fetch_add(1, Ordering::Relaxed);
+    COMPRESSED_IN_BYTES.fetch_add(plain.len() as u64, Ordering::Relaxed);
+    COMPRESSED_OUT_BYTES.fetch_add(packed.len() as u64, Ordering::Relaxed);
+    packed
 }
 
 impl std::ops::Deref for Frame {
@@ -196,6 +274,7 @@ mod tests {
     use super::*;
 
     const ON: Encoding = Encoding {
+        format: Format::Json,
         deflate: Some(Deflate {
             min_bytes: 64,
             max_bytes: u32::MAX,
@@ -231,6 +310,7 @@ mod tests {
         assert!(small.0.forms.get().is_none(), "nothing made for a small frame");
         let big = Frame::from("x".repeat(5000));
         let window = Encoding {
+            format: Format::Json,
             deflate: Some(Deflate {
                 min_bytes: 64,
                 max_bytes: 1024,
@@ -239,6 +319,7 @@ mod tests {
         assert_eq!(big.for_wire(window).1, TEXT_HEAD);
         // Ten distinct letters do not shrink: they go as they are.
         let tiny = Encoding {
+            format: Format::Json,
             deflate: Some(Deflate {
                 min_bytes: 0,
                 max_bytes: u32::MAX,
@@ -246,5 +327,37 @@ mod tests {
         };
         let (bytes, head, _) = Frame::from("abcdefghij").for_wire(tiny);
         assert_eq!((head, &bytes[..]), (TEXT_HEAD, &b"abcdefghij"[..]));
+    }
+
+    #[test]
+    fn msgpack_is_made_once_per_frame_and_compressed_once_too() {
+        let text = format!(
+            r#"{{"type":"new_signal","confidence_score":85,"entry_price":45000.0,"note":"{}"}}"#,
+            "cd".repeat(200)
+        );
+        let frame = Frame::from(text);
+        let packs = Encoding {
+            format: Format::MsgPack,
+            deflate: None,
+        };
+        let (first, head, _) = frame.for_wire(packs);
+        assert_eq!(head, BINARY_HEAD);
+        let back = msgpack::decode(&first).unwrap();
+        assert_eq!(back["confidence_score"].as_u64(), Some(85));
+        assert_eq!(back["entry_price"].as_f64(), Some(45000.0));
+        assert!(back["entry_price"].is_f64());
+        for _ in 0..100 {
+            assert_eq!(frame.clone().for_wire(packs).0.as_ptr(), first.as_ptr());
+        }
+        let both = Encoding {
+            format: Format::MsgPack,
+            ..ON
+        };
+        let (packed, head, plain) = frame.for_wire(both);
+        assert_eq!((head, plain), (BINARY_HEAD | RSV1, first.len()));
+        assert_eq!(frame.for_wire(both).0.as_ptr(), packed.as_ptr());
+        assert_eq!(deflate::inflate(&packed, 1 << 20).unwrap(), &first[..]);
+        // The JSON sockets of the same frame still get the text.
+        assert_eq!(frame.for_wire(Encoding::default()).1, TEXT_HEAD);
     }
 }

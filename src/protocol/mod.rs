@@ -8,6 +8,7 @@ pub mod command;
 pub mod deflate;
 pub mod encode;
 pub mod frame;
+pub mod msgpack;
 pub mod update;
 
 use std::fmt;
