@@ -34,10 +34,9 @@ impl Reader for Echo {
 
 /// Echoes until the client closes, a read fails, or the node shuts down.
 pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
-    let outbox = Arc::new(Outbox::new(
-        ctx.config.outbound_queue_frames.get(),
-        Overflow::Close,
-    ));
+    let outbox = Arc::new(
+        Outbox::new(ctx.config.outbound_queue_frames.get(), Overflow::Close).with_encoding(accepted.encoding),
+    );
     let mut echo = Echo {
         outbox: outbox.clone(),
     };

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::protocol::frame::{compression_counts, msgpack_count};
 use crate::protocol::{Endpoint, UpdateKind};
 
 /// Latency in microseconds, 1 µs to 60 s, 3 significant digits.
@@ -41,8 +42,8 @@ impl LatencyHistogram {
 pub struct Metrics {
     started: std::sync::OnceLock<Instant>,
     /// Open connections per endpoint; signed so a racing decrement never wraps.
-    connections: [AtomicI64; 4],
-    connections_total: [AtomicU64; 4],
+    connections: [AtomicI64; Endpoint::COUNT],
+    connections_total: [AtomicU64; Endpoint::COUNT],
     rejected_handshakes: AtomicU64,
     messages_in: [AtomicU64; 4],
     rejected_publishes: AtomicU64,
@@ -51,6 +52,9 @@ pub struct Metrics {
     /// or a few when the socket takes a batch in parts).
     write_turns: AtomicU64,
     bytes_out: AtomicU64,
+    bytes_out_uncompressed: AtomicU64,
+    /// Of `messages_out`, those written as MessagePack binary frames.
+    messages_out_msgpack: AtomicU64,
     slow_consumer_cuts: AtomicU64,
     conflated_frames: AtomicU64,
     rate_limited_commands: AtomicU64,
@@ -109,11 +113,18 @@ impl Metrics {
         self.rejected_publishes.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// `frames` of `bytes` written in `turns` write turns.
-    pub fn wrote(&self, frames: u64, bytes: u64, turns: u64) {
+    /// Messages written (`binary` of them as MessagePack) in `turns` write
+    /// turns: their payload bytes as written (compressed where
+    /// permessage-deflate was), and the same before compression.
+    pub fn wrote(&self, frames: u64, bytes: u64, plain_bytes: u64, binary: u64, turns: u64) {
         self.write_turns.fetch_add(turns, Ordering::Relaxed);
         self.messages_out.fetch_add(frames, Ordering::Relaxed);
+        if binary > 0 {
+            self.messages_out_msgpack.fetch_add(binary, Ordering::Relaxed);
+        }
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes_out_uncompressed
+            .fetch_add(plain_bytes, Ordering::Relaxed);
     }
 
     pub fn slow_consumer_cut(&self) {
@@ -192,6 +203,12 @@ impl Metrics {
             "messages_out": self.messages_out.load(Ordering::Relaxed),
             "write_turns": self.write_turns.load(Ordering::Relaxed),
             "bytes_out": self.bytes_out.load(Ordering::Relaxed),
+            "bytes_out_uncompressed": self.bytes_out_uncompressed.load(Ordering::Relaxed),
+            "frames_compressed": compression_counts().0,
+            "messages_out_by_format": {
+                "json": self.messages_out.load(Ordering::Relaxed).saturating_sub(self.messages_out_msgpack.load(Ordering::Relaxed)),
+                "msgpack": self.messages_out_msgpack.load(Ordering::Relaxed),
+            },
             "slow_consumer_cuts": self.slow_consumer_cuts.load(Ordering::Relaxed),
             "conflated_frames": self.conflated_frames.load(Ordering::Relaxed),
             "rate_limited_publishes": self.rate_limited_publishes.load(Ordering::Relaxed),
@@ -218,7 +235,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {v}");
             }
         };
-        let per_endpoint = |a: &[AtomicI64; 4]| -> Vec<(String, f64)> {
+        let per_endpoint = |a: &[AtomicI64; Endpoint::COUNT]| -> Vec<(String, f64)> {
             Endpoint::ALL
                 .iter()
                 .map(|e| {
@@ -269,7 +286,7 @@ impl Metrics {
                 })
                 .collect::<Vec<_>>(),
         );
-        let simple: [(&str, &str, &str, &AtomicU64); 11] = [
+        let simple: [(&str, &str, &str, &AtomicU64); 12] = [
             (
                 "tickwire_conflated_frames_total",
                 "counter",
@@ -303,8 +320,14 @@ impl Metrics {
             (
                 "tickwire_bytes_out_total",
                 "counter",
-                "Payload bytes written to subscribers.",
+                "Payload bytes written to subscribers, as written (after permessage-deflate where it was used).",
                 &self.bytes_out,
+            ),
+            (
+                "tickwire_bytes_out_uncompressed_total",
+                "counter",
+                "The same payloads' bytes before compression.",
+                &self.bytes_out_uncompressed,
             ),
             (
                 "tickwire_slow_consumer_cuts_total",
@@ -340,6 +363,44 @@ impl Metrics {
         for (name, kind, help, v) in simple {
             family(name, kind, help, &[(String::new(), v.load(r) as f64)]);
         }
+        let msgpack_out = self.messages_out_msgpack.load(r);
+        family(
+            "tickwire_messages_out_by_format_total",
+            "counter",
+            "Frames written to subscribers, by format (json text, msgpack binary).",
+            &[
+                (
+                    "{format=\"json\"}".to_string(),
+                    self.messages_out.load(r).saturating_sub(msgpack_out) as f64,
+                ),
+                ("{format=\"msgpack\"}".to_string(), msgpack_out as f64),
+            ],
+        );
+        family(
+            "tickwire_frames_encoded_msgpack_total",
+            "counter",
+            "Frames given a MessagePack form: once per frame, however many subscribers get it.",
+            &[(String::new(), msgpack_count() as f64)],
+        );
+        let (compressed, compressed_in, compressed_out) = compression_counts();
+        family(
+            "tickwire_frames_compressed_total",
+            "counter",
+            "Frames compressed for permessage-deflate: once per frame, however many subscribers it goes to.",
+            &[(String::new(), compressed as f64)],
+        );
+        family(
+            "tickwire_compression_in_bytes_total",
+            "counter",
+            "Bytes of the frames compressed, before compression.",
+            &[(String::new(), compressed_in as f64)],
+        );
+        family(
+            "tickwire_compression_out_bytes_total",
+            "counter",
+            "Bytes of the frames compressed, after compression.",
+            &[(String::new(), compressed_out as f64)],
+        );
         family(
             "tickwire_ring_depth",
             "gauge",
@@ -457,7 +518,7 @@ mod tests {
     fn prometheus_text_names_every_family() {
         let m = Metrics::new(false);
         m.connection_opened(Endpoint::MarketData);
-        m.wrote(3, 300, 2);
+        m.wrote(3, 300, 300, 0, 2);
         m.publish_to_write.record(Duration::from_micros(250));
         let gauges = FanoutGauges {
             ring_depths: vec![0, 1],

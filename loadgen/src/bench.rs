@@ -137,6 +137,22 @@ pub struct BenchArgs {
     /// Seconds allowed for connecting and subscribing everyone
     #[arg(long, default_value_t = 120)]
     setup_timeout: u64,
+    /// How subscribers are sent messages: json (text frames) or msgpack
+    /// (binary MessagePack frames, `?format=msgpack`, protocol 1.1)
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// Subscribers use the one socket of protocol 1.1 (`/ws/stream/`,
+    /// carrying their one kind) instead of their kind's own endpoint
+    #[arg(long)]
+    multiplex: bool,
+}
+
+/// The subscribers' message format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Msgpack,
 }
 
 impl BenchArgs {
@@ -222,6 +238,8 @@ struct Config {
     pad_bytes: u32,
     duration_s: f64,
     drain_s: f64,
+    format: Format,
+    multiplex: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -387,6 +405,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &stop_rx,
         args.connect_concurrency,
         Duration::from_secs(args.setup_timeout),
+        (args.multiplex, args.format == Format::Msgpack),
     )
     .await;
     let mut subscribers = match subscribers {
@@ -598,6 +617,7 @@ async fn open_subscribers(
     stop_rx: &watch::Receiver<bool>,
     concurrency: usize,
     setup_timeout: Duration,
+    (multiplex, msgpack): (bool, bool),
 ) -> anyhow::Result<Vec<JoinHandle<Option<SubscriberReport>>>> {
     let total = roles.len() as u64;
     let progress = Progress::new("subscribe", total);
@@ -620,7 +640,7 @@ async fn open_subscribers(
         let stop_rx = stop_rx.clone();
         let stalls = i >= readers;
         handles.push(tokio::spawn(async move {
-            let path = format!("{}?token={token}", role.path());
+            let path = role.url_path(&token, multiplex, msgpack);
             let mut request = subscriber_request(&target, &path, None, SUBSCRIBER_READ_BUFFER);
             if stalls {
                 request.recv_buffer_bytes = Some(STALLED_RECV_BUFFER);
@@ -802,6 +822,8 @@ fn summarize(args: &BenchArgs, s: Summarized<'_>) -> BenchSummary {
             pad_bytes: args.pad_bytes,
             duration_s: args.duration,
             drain_s: args.drain,
+            format: args.format,
+            multiplex: args.multiplex,
         },
         setup_s: s.setup_s,
         publish_window_s: s.publish_window_s,

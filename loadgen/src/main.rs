@@ -14,6 +14,7 @@ mod counters;
 mod idle;
 mod jwt;
 mod messages;
+mod mpscan;
 mod pacing;
 mod progress;
 mod publish;

@@ -22,6 +22,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{connect_ws, Credential, Ws, WsRequest};
+use crate::mpscan;
 use crate::pacing::Clock;
 use crate::scan::{self, Raw};
 use crate::seqcheck::{SeqChecker, SeqCounts};
@@ -45,6 +46,18 @@ impl Role {
             Role::Signals => "/ws/trading-signals/",
             Role::Notifications => "/ws/notifications/",
         }
+    }
+
+    /// Path and query of this role's socket: its own endpoint, or (with
+    /// `multiplex`) `/ws/stream/` carrying its one kind, in `msgpack` or
+    /// JSON (protocol 1.1).
+    pub fn url_path(&self, token: &str, multiplex: bool, msgpack: bool) -> String {
+        let format = if msgpack { "&format=msgpack" } else { "" };
+        if !multiplex {
+            return format!("{}?token={token}{format}", self.path());
+        }
+        let kind = &self.path()["/ws/".len()..self.path().len() - 1];
+        format!("/ws/stream/?streams={kind}&token={token}{format}")
     }
 
     /// The command sent after connecting, and the answer that means the
@@ -142,6 +155,11 @@ impl Subscriber {
                         }
                         Heard::Other => {}
                     },
+                    Some(Ok(Message::Binary(bytes))) => match sub.on_msgpack(&bytes, run, answer) {
+                        Heard::Answer => return Ok(()),
+                        Heard::Error => bail!("the server refused to subscribe (a MessagePack error)"),
+                        Heard::Other => {}
+                    },
                     Some(Ok(Message::Close(frame))) => {
                         bail!("the server closed the connection: {}", close_reason(frame))
                     }
@@ -172,6 +190,9 @@ impl Subscriber {
                 msg = self.ws.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
                         self.on_text(text.as_bytes(), &run, b"");
+                    }
+                    Some(Ok(Message::Binary(bytes))) => {
+                        self.on_msgpack(&bytes, &run, b"");
                     }
                     // Pings are answered by tungstenite; nothing else is expected.
                     Some(Ok(Message::Close(frame))) => {
@@ -210,7 +231,22 @@ impl Subscriber {
     /// Handles one text frame; `answer` is the `type` awaited, if any.
     fn on_text(&mut self, text: &[u8], run: &RunClock, answer: &[u8]) -> Heard {
         let [ty, seq, t_ns] = scan::top_level(text, [b"type", b"seq", b"t_ns"]);
-        let Some(ty) = ty.and_then(Raw::as_str) else {
+        let fields = mpscan::Fields {
+            ty: ty.and_then(Raw::as_str),
+            seq: seq.and_then(Raw::as_u64),
+            t_ns: t_ns.and_then(Raw::as_u64),
+        };
+        self.on_fields(fields, text, run, answer)
+    }
+
+    /// Handles one binary frame (a MessagePack map, `--format msgpack`).
+    fn on_msgpack(&mut self, bytes: &[u8], run: &RunClock, answer: &[u8]) -> Heard {
+        self.on_fields(mpscan::fields(bytes), b"(MessagePack)", run, answer)
+    }
+
+    fn on_fields(&mut self, f: mpscan::Fields<'_>, text: &[u8], run: &RunClock, answer: &[u8]) -> Heard {
+        let (seq, t_ns) = (f.seq, f.t_ns);
+        let Some(ty) = f.ty else {
             return Heard::Other;
         };
         if ty == answer {
@@ -218,7 +254,7 @@ impl Subscriber {
         }
         match ty {
             b"market_update" | b"new_signal" | b"signal_update" | b"new_notification" => {
-                self.on_update(seq.and_then(Raw::as_u64), t_ns.and_then(Raw::as_u64), run);
+                self.on_update(seq, t_ns, run);
             }
             b"error" => {
                 self.report.errors += 1;

@@ -118,6 +118,12 @@ pub struct Overrides {
     /// How long a publish's Idempotency-Key (or publish_id) is remembered, in seconds.
     #[arg(long, env = "TICKWIRE_IDEMPOTENCY_WINDOW_SECS", global = true)]
     pub idempotency_window_secs: Option<f64>,
+    /// permessage-deflate for subscribers that offer it: auto or off.
+    #[arg(long, env = "TICKWIRE_COMPRESSION", global = true)]
+    pub compression: Option<String>,
+    /// Frames shorter than this go uncompressed even where deflate was negotiated.
+    #[arg(long, env = "TICKWIRE_COMPRESSION_MIN_BYTES", global = true)]
+    pub compression_min_bytes: Option<usize>,
     /// What a full market-data queue does: conflate (keep the latest of each symbol) or close (4002).
     #[arg(long, env = "TICKWIRE_MARKET_DATA_OVERFLOW", global = true)]
     pub market_data_overflow: Option<String>,

@@ -58,6 +58,10 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub log_format: LogFormat,
+    /// permessage-deflate is agreed with subscribers that offer it.
+    pub compression: bool,
+    /// Payloads shorter than this go uncompressed on a deflate socket.
+    pub compression_min_bytes: u32,
     pub jwt_secret: String,
     pub api_keys: Vec<String>,
     pub allowed_origins: Vec<String>,
@@ -119,6 +123,19 @@ impl Config {
                 ))
             }
         };
+        let compression = match pick(&o.compression, raw.server.compression, "auto".into()).as_str() {
+            "auto" => true,
+            "off" => false,
+            other => {
+                return Err(invalid(
+                    "server.compression",
+                    format!("`{other}` is not auto or off"),
+                ))
+            }
+        };
+        let compression_min_bytes = pick(&o.compression_min_bytes, raw.server.compression_min_bytes, 256);
+        let compression_min_bytes = u32::try_from(compression_min_bytes)
+            .map_err(|_| invalid("server.compression_min_bytes", "must be below 4 GiB"))?;
         let jwt_secret = pick(&o.jwt_secret, raw.auth.jwt_secret, DEV_JWT_SECRET.into());
         if jwt_secret.len() < 16 {
             return Err(invalid("auth.jwt_secret", "must be at least 16 bytes"));
@@ -248,6 +265,8 @@ impl Config {
                 pick(&o.idle_timeout_secs, raw.server.idle_timeout_secs, 90.0),
             )?,
             log_format,
+            compression,
+            compression_min_bytes,
             jwt_secret,
             api_keys,
             allowed_origins,

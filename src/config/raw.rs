@@ -31,6 +31,8 @@ pub struct RawServer {
     pub ping_interval_secs: Option<f64>,
     pub idle_timeout_secs: Option<f64>,
     pub log_format: Option<String>,
+    pub compression: Option<String>,
+    pub compression_min_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

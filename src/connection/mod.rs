@@ -9,6 +9,7 @@
 //! node; it never awaits fanout (commands go to the shards as controls)
 //! and never writes outside its outbox's writer.
 
+mod inflate;
 mod ingest;
 pub mod session;
 mod socket;
@@ -32,7 +33,8 @@ use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Overflow};
 use crate::protocol::close::CloseReason;
-use crate::protocol::{Endpoint, LogSafe};
+use crate::protocol::frame::{Encoding, Format};
+use crate::protocol::{Endpoint, LogSafe, Streams};
 use crate::registry::{Subscriber, SubscriberId};
 use crate::replication::Replication;
 use crate::shutdown::Shutdown;
@@ -122,18 +124,26 @@ pub struct Accepted {
     pub prefix: Bytes,
     pub config: WebSocketConfig,
     pub peer: SocketAddr,
+    /// What the handshake agreed for frames (permessage-deflate).
+    pub encoding: Encoding,
 }
 
 impl Accepted {
     /// Takes the TCP stream back from an upgraded HTTP connection; `None`
     /// if it is not one (the server serves plain TCP; TLS ends at the proxy).
-    pub fn from_upgrade(upgraded: Upgraded, config: WebSocketConfig, peer: SocketAddr) -> Option<Accepted> {
+    pub fn from_upgrade(
+        upgraded: Upgraded,
+        config: WebSocketConfig,
+        peer: SocketAddr,
+        encoding: Encoding,
+    ) -> Option<Accepted> {
         let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
         Some(Accepted {
             tcp: Arc::new(parts.io.into_inner()),
             prefix: parts.read_buf,
             config,
             peer,
+            encoding,
         })
     }
 }
@@ -144,6 +154,9 @@ struct SubscriberReader<'a> {
     session: &'a mut Session,
     ctx: &'a Context,
     outbox: &'a Outbox,
+    /// Binary frames are MessagePack commands (`format=msgpack`), not the
+    /// 1003 of a JSON socket.
+    msgpack: bool,
 }
 
 impl Reader for SubscriberReader<'_> {
@@ -151,6 +164,15 @@ impl Reader for SubscriberReader<'_> {
         // A fresh list per command: an idle connection keeps no room for one.
         let mut effects = Vec::new();
         self.session.on_text(text, Instant::now(), &mut effects).await;
+        self.ctx.apply(self.outbox, &mut effects)
+    }
+
+    async fn on_binary(&mut self, data: &[u8]) -> Option<CloseReason> {
+        if !self.msgpack {
+            return Some(CloseReason::Binary);
+        }
+        let mut effects = Vec::new();
+        Box::pin(self.session.on_msgpack(data, Instant::now(), &mut effects)).await;
         self.ctx.apply(self.outbox, &mut effects)
     }
 }
@@ -166,10 +188,13 @@ pub struct OpenSubscriber {
     outbox: Arc<Outbox>,
     link: Link,
     session: Session,
+    /// Binary frames are MessagePack commands (`format=msgpack`).
+    msgpack: bool,
 }
 
-/// Sets a subscriber connection up: its outbox, its place in the sweeper,
-/// its session attached. Meant to be boxed by the caller and dropped once
+/// Sets a subscriber connection up, a socket of `endpoint` carrying
+/// `streams` (one kind on version 1's endpoints, any on `/ws/stream/`):
+/// its outbox, its place in the sweeper, its session attached. Meant to be boxed by the caller and dropped once
 /// done, then [`OpenSubscriber::serve`] run: an async fn's parameters stay
 /// in its future for its whole life, and here they would be kept by every
 /// idle connection.
@@ -177,18 +202,24 @@ pub async fn open_subscriber(
     accepted: Accepted,
     ctx: Arc<Context>,
     endpoint: Endpoint,
+    streams: Streams,
     identity: Identity,
 ) -> OpenSubscriber {
     let id = SubscriberId::next();
     let peer = accepted.peer;
-    let overflow = match endpoint {
-        Endpoint::MarketData => ctx.config.market_data_overflow,
-        _ => Overflow::Close,
+    // Conflation drops only market updates (the only keyed frames), so a
+    // socket that also carries signals or notifications may conflate too:
+    // those are kept, and the socket is cut if even they do not fit.
+    let overflow = if streams.carries(Streams::MARKET_DATA) {
+        ctx.config.market_data_overflow
+    } else {
+        Overflow::Close
     };
     let capacity = ctx.config.outbound_queue_frames.get();
     let outbox = Arc::new(
         Outbox::counted(capacity, overflow, ctx.backlog.clone())
-            .with_max_bytes(ctx.config.outbound_queue_bytes.get()),
+            .with_max_bytes(ctx.config.outbound_queue_bytes.get())
+            .with_encoding(accepted.encoding),
     );
     let sub = Arc::new(Subscriber {
         id,
@@ -196,12 +227,22 @@ pub async fn open_subscriber(
         access: identity.symbols.clone(),
     });
     let opened = Instant::now();
-    tracing::info!(conn = id.0, endpoint = endpoint.name(), user = %LogSafe(&identity.user), %peer, "connection opened");
+    let format = accepted.encoding.format;
+    tracing::info!(
+        conn = id.0,
+        endpoint = endpoint.name(),
+        streams = %streams.names(),
+        format = format.name(),
+        deflate = accepted.encoding.deflate.is_some(),
+        user = %LogSafe(&identity.user),
+        %peer,
+        "connection opened"
+    );
     ctx.metrics.connection_opened(endpoint);
     ctx.sweeper
         .watch(id.0, outbox.clone(), identity.expires_at, &ctx.shutdown);
     let link = Link::new(id.0, accepted, outbox.clone());
-    let session = Session::new(endpoint, identity, sub, ctx.sessions.clone());
+    let session = Session::new(endpoint, streams, identity, sub, ctx.sessions.clone());
     let mut effects = Vec::new();
     session.attach(&mut effects).await;
     ctx.apply(&outbox, &mut effects);
@@ -213,6 +254,7 @@ pub async fn open_subscriber(
         outbox,
         link,
         session,
+        msgpack: format == Format::MsgPack,
     }
 }
 
@@ -223,6 +265,7 @@ impl OpenSubscriber {
             session: &mut self.session,
             ctx: &self.ctx,
             outbox: &self.outbox,
+            msgpack: self.msgpack,
         };
         let end = socket::serve(&mut self.link, &self.ctx.socket_loop(&self.outbox), &mut reader).await;
         closed(&self.ctx, self.id, &self.outbox);

@@ -23,7 +23,8 @@ use crate::metrics::Metrics;
 use crate::protocol::close::CloseReason;
 use crate::protocol::command::{self, Command};
 use crate::protocol::encode::{self, Frame};
-use crate::protocol::{Endpoint, ErrorCode, ProtocolError, StreamKey};
+use crate::protocol::msgpack;
+use crate::protocol::{Endpoint, ErrorCode, ProtocolError, StreamKey, Streams};
 use crate::registry::{SignalFilter, Subscriber};
 use crate::replication::Replication;
 
@@ -136,9 +137,13 @@ impl RateLimit {
     }
 }
 
-/// The state of one subscriber connection, driven by its commands.
+/// The state of one subscriber connection, driven by its commands. A
+/// socket of `/ws/stream/` is one session carrying several kinds of
+/// stream (`streams`), each kept by the same rules as on its own endpoint:
+/// one subscriber, one outbox, one rate limit for all of them.
 pub struct Session {
     endpoint: Endpoint,
+    streams: Streams,
     /// Who the token said (`sub`); what it allows is `sub.access`, and its
     /// expiry the sweeper's.
     pub user: Arc<str>,
@@ -151,12 +156,14 @@ pub struct Session {
 impl Session {
     pub fn new(
         endpoint: Endpoint,
+        streams: Streams,
         identity: Identity,
         sub: Arc<Subscriber>,
         env: Arc<SessionEnv>,
     ) -> Session {
         Session {
             endpoint,
+            streams,
             user: identity.user,
             sub,
             symbols: Subscriptions::default(),
@@ -171,7 +178,25 @@ impl Session {
     /// Acts on one text frame received at `now`.
     pub async fn on_text(&mut self, text: &str, now: Instant, out: &mut Vec<Effect>) {
         // Decoded first, so that even a refusal echoes the command's `id`.
-        let envelope = command::decode(text.as_bytes(), self.endpoint);
+        let envelope = command::decode_on(text.as_bytes(), self.endpoint, self.streams);
+        self.on_envelope(envelope, now, out).await;
+    }
+
+    /// Acts on one binary frame holding a MessagePack command (a socket
+    /// opened with `format=msgpack`, PROTOCOL.md 5.3); bytes that are not
+    /// MessagePack get `invalid_json`, as text that is not JSON does.
+    pub async fn on_msgpack(&mut self, bytes: &[u8], now: Instant, out: &mut Vec<Effect>) {
+        let envelope = match msgpack::decode(bytes) {
+            Ok(value) => command::decode_value(value, self.endpoint, self.streams),
+            Err(why) => command::Envelope {
+                id: None,
+                command: Err(ProtocolError::new(ErrorCode::InvalidJson, why)),
+            },
+        };
+        self.on_envelope(envelope, now, out).await;
+    }
+
+    async fn on_envelope(&mut self, envelope: command::Envelope, now: Instant, out: &mut Vec<Effect>) {
         let id = envelope.id.as_ref();
         if !self.limit.take(now) {
             self.env.metrics.rate_limited();
@@ -340,13 +365,17 @@ impl Session {
         Ok(())
     }
 
-    /// Joins the streams a connection gets without asking.
+    /// Joins the streams a connection gets without asking: the signals
+    /// stream (every allowed signal until a `filter`) and the user's
+    /// notifications (the unread ones first), where the socket carries them.
     pub async fn attach(&self, out: &mut Vec<Effect>) {
-        if let (Some(r), Some(key)) = (&self.env.replication, self.own_stream()) {
-            r.want(&key).await;
+        if let Some(r) = &self.env.replication {
+            for key in self.own_streams().into_iter().flatten() {
+                r.want(&key).await;
+            }
         }
-        match self.endpoint {
-            Endpoint::TradingSignals => out.push(Effect::Control(
+        if self.streams.carries(Streams::TRADING_SIGNALS) {
+            out.push(Effect::Control(
                 StreamKey::Signals,
                 Control::Filter {
                     sub: self.sub.clone(),
@@ -355,30 +384,33 @@ impl Session {
                     answer: None,
                     fetched: None,
                 },
-            )),
-            Endpoint::Notifications => {
-                let user = self.user.clone();
-                let fetched = match &self.env.replication {
-                    Some(r) => r.fetch_unread(&user).await.ok(),
-                    None => None,
-                };
-                let sub = self.sub.clone();
-                out.push(Effect::Control(
-                    StreamKey::User(user.clone()),
-                    Control::AttachUser { sub, user, fetched },
-                ));
-            }
-            _ => {}
+            ));
+        }
+        if self.streams.carries(Streams::NOTIFICATIONS) {
+            let user = self.user.clone();
+            let fetched = match &self.env.replication {
+                Some(r) => r.fetch_unread(&user).await.ok(),
+                None => None,
+            };
+            let sub = self.sub.clone();
+            out.push(Effect::Control(
+                StreamKey::User(user.clone()),
+                Control::AttachUser { sub, user, fetched },
+            ));
         }
     }
 
-    /// The stream a signals or notifications connection follows by itself.
-    fn own_stream(&self) -> Option<StreamKey> {
-        match self.endpoint {
-            Endpoint::TradingSignals => Some(StreamKey::Signals),
-            Endpoint::Notifications => Some(StreamKey::User(self.user.clone())),
-            _ => None,
-        }
+    /// The streams a connection follows by itself: signals, the user's
+    /// notifications, or both.
+    fn own_streams(&self) -> [Option<StreamKey>; 2] {
+        [
+            self.streams
+                .carries(Streams::TRADING_SIGNALS)
+                .then_some(StreamKey::Signals),
+            self.streams
+                .carries(Streams::NOTIFICATIONS)
+                .then(|| StreamKey::User(self.user.clone())),
+        ]
     }
 
     /// Leaves every stream, so fanout forgets this connection (and, in
@@ -389,7 +421,7 @@ impl Session {
             for symbol in self.symbols.iter() {
                 r.unwant(&StreamKey::Symbol(symbol.clone()));
             }
-            if let Some(key) = self.own_stream() {
+            for key in self.own_streams().into_iter().flatten() {
                 r.unwant(&key);
             }
         }
@@ -400,18 +432,15 @@ impl Session {
             };
             out.push(Effect::Control(StreamKey::Symbol(symbol.clone()), control));
         }
-        match self.endpoint {
-            Endpoint::TradingSignals => {
-                out.push(Effect::Control(StreamKey::Signals, Control::RemoveSignals { id }))
-            }
-            Endpoint::Notifications => {
-                let user = self.user.clone();
-                out.push(Effect::Control(
-                    StreamKey::User(user.clone()),
-                    Control::DetachUser { id, user },
-                ));
-            }
-            _ => {}
+        if self.streams.carries(Streams::TRADING_SIGNALS) {
+            out.push(Effect::Control(StreamKey::Signals, Control::RemoveSignals { id }));
+        }
+        if self.streams.carries(Streams::NOTIFICATIONS) {
+            let user = self.user.clone();
+            out.push(Effect::Control(
+                StreamKey::User(user.clone()),
+                Control::DetachUser { id, user },
+            ));
         }
     }
 }
@@ -452,7 +481,7 @@ mod tests {
             metrics: Arc::new(Metrics::new(false)),
             replication: None,
         };
-        Session::new(endpoint, identity, sub, Arc::new(env))
+        Session::new(endpoint, Streams::of(endpoint), identity, sub, Arc::new(env))
     }
 
     const LIMITS: SessionLimits = SessionLimits {
@@ -584,5 +613,48 @@ mod tests {
         ));
         let out = run(&mut s, r#"{"type":"subscribe","symbols":["A"]}"#, Instant::now()).await;
         assert_eq!(reply(&out[0])["code"], "unknown_type");
+    }
+
+    #[tokio::test]
+    async fn one_socket_for_every_stream_joins_and_leaves_them_all() {
+        let identity = Identity {
+            user: "alice".into(),
+            symbols: SymbolAccess::All,
+            expires_at: None,
+        };
+        let sub = Arc::new(Subscriber {
+            id: SubscriberId::next(),
+            outbox: Arc::new(Outbox::new(16, Overflow::Close)),
+            access: SymbolAccess::All,
+        });
+        let env = Arc::new(SessionEnv {
+            limits: LIMITS,
+            metrics: Arc::new(Metrics::new(false)),
+            replication: None,
+        });
+        let mut s = Session::new(Endpoint::Stream, Streams::ALL, identity, sub, env);
+        let mut out = Vec::new();
+        s.attach(&mut out).await;
+        assert!(matches!(
+            &out[..],
+            [
+                Effect::Control(StreamKey::Signals, Control::Filter { answer: None, .. }),
+                Effect::Control(StreamKey::User(_), Control::AttachUser { .. })
+            ]
+        ));
+        let out = run(&mut s, r#"{"type":"subscribe","symbols":["A"]}"#, Instant::now()).await;
+        assert_eq!(reply(&out[0])["type"], "subscribed");
+        let out = run(&mut s, r#"{"type":"ping","id":1}"#, Instant::now()).await;
+        assert_eq!(out.len(), 1, "one pong: {out:?}");
+        let mut left = Vec::new();
+        s.detach(&mut left);
+        assert!(matches!(
+            &left[..],
+            [
+                Effect::Control(StreamKey::Symbol(_), Control::Unsubscribe { .. }),
+                Effect::Control(StreamKey::Signals, Control::RemoveSignals { .. }),
+                Effect::Control(StreamKey::User(_), Control::DetachUser { .. })
+            ]
+        ));
     }
 }

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::inflate::Inflating;
 use super::sweep::{Sweeper, WRITE_TIMEOUT};
 use super::Accepted;
 use crate::metrics::Metrics;
@@ -99,20 +100,28 @@ impl Link {
         // Best effort: a socket without it is still served, only its stalls
         // are told apart less quickly.
         let _ = socket2::SockRef::from(&*accepted.tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES);
+        let inflate = accepted.encoding.deflate.map(|_| {
+            let max = accepted.config.max_message_size.unwrap_or(usize::MAX);
+            Box::new(Inbound::new(max))
+        });
         outbox.set_socket(Some(accepted.tcp.clone()));
-        let wire = Wire {
+        let mut wire = Wire {
             tcp: accepted.tcp,
             outbox,
+            inflate,
         };
         // Bytes the HTTP layer read past the handshake start tungstenite's
         // own read buffer (a copy: they are a view of the HTTP layer's
-        // 8 KiB buffer, which even an empty view would keep allocated).
-        let ws = WebSocket::from_partially_read(
-            wire,
-            accepted.prefix.to_vec(),
-            Role::Server,
-            Some(accepted.config),
-        );
+        // 8 KiB buffer, which even an empty view would keep allocated); on
+        // a deflate socket they go through the inflater first, like any.
+        let prefix = match wire.inflate.as_deref_mut() {
+            Some(st) => {
+                st.absorb(&accepted.prefix, &wire.outbox);
+                Vec::new()
+            }
+            None => accepted.prefix.to_vec(),
+        };
+        let ws = WebSocket::from_partially_read(wire, prefix, Role::Server, Some(accepted.config));
         Link { id, ws, ended: false }
     }
 
@@ -167,7 +176,13 @@ impl Link {
         };
         let wrote = out.wrote?;
         if wrote.messages > 0 {
-            l.metrics.wrote(wrote.messages, wrote.bytes, 1);
+            l.metrics.wrote(
+                wrote.messages,
+                wrote.bytes,
+                wrote.plain_bytes,
+                wrote.binary_messages,
+                1,
+            );
         }
         if let Some(t) = wrote.oldest {
             l.metrics.publish_to_write.record(t.elapsed());
@@ -327,13 +342,80 @@ fn close_reason_for(e: &WsError) -> Option<CloseReason> {
 pub struct Wire {
     tcp: Arc<TcpStream>,
     outbox: Arc<Outbox>,
+    /// permessage-deflate's inbound side, where it was agreed (boxed: one
+    /// pointer on every other socket).
+    inflate: Option<Box<Inbound>>,
 }
+
+/// What a deflate socket's reads go through: [`Inflating`] and the bytes
+/// it made that tungstenite has not read yet.
+pub struct Inbound {
+    inflating: Inflating,
+    pending: Vec<u8>,
+    at: usize,
+    /// The client sent what closes the connection: reads end.
+    failed: bool,
+}
+
+impl Inbound {
+    fn new(max_bytes: usize) -> Inbound {
+        Inbound {
+            inflating: Inflating::new(max_bytes),
+            pending: Vec::new(),
+            at: 0,
+            failed: false,
+        }
+    }
+
+    /// Takes bytes from the socket. A message [`Inflating`] refuses closes
+    /// the connection through the outbox (the close code is its own: 1009
+    /// for a bomb), and reads end.
+    fn absorb(&mut self, raw: &[u8], outbox: &Outbox) {
+        if let Err(reason) = self.inflating.feed(raw, &mut self.pending) {
+            outbox.close(reason);
+            self.failed = true;
+            self.pending = Vec::new();
+            self.at = 0;
+        }
+    }
+}
+
+/// Bytes a deflate socket reads from the kernel at a time.
+const INFLATE_READ_BYTES: usize = 4096;
 
 impl io::Read for Wire {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // A `WouldBlock` here clears the socket's readiness, so the next
-        // `readable()` waits for new bytes.
-        self.tcp.try_read(buf)
+        let Wire { tcp, outbox, inflate } = self;
+        let Some(st) = inflate.as_deref_mut() else {
+            // A `WouldBlock` here clears the socket's readiness, so the next
+            // `readable()` waits for new bytes.
+            return tcp.try_read(buf);
+        };
+        // Through [`Inflating`]: what it made first, then the socket (whose
+        // `WouldBlock` ends the read as above).
+        loop {
+            if st.at < st.pending.len() {
+                let n = (st.pending.len() - st.at).min(buf.len());
+                buf[..n].copy_from_slice(&st.pending[st.at..st.at + n]);
+                st.at += n;
+                if st.at == st.pending.len() {
+                    st.at = 0;
+                    st.pending.clear();
+                    if st.pending.capacity() > INFLATE_READ_BYTES {
+                        st.pending = Vec::new();
+                    }
+                }
+                return Ok(n);
+            }
+            if st.failed {
+                return Ok(0);
+            }
+            let mut raw = [0u8; INFLATE_READ_BYTES];
+            match tcp.try_read(&mut raw)? {
+                0 => return Ok(0),
+                n => st.absorb(&raw[..n], outbox),
+            }
+        }
     }
 }
 

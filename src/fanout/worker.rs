@@ -145,12 +145,14 @@ impl Worker {
     /// subscriber's task, which writes whatever has gathered by then.
     pub(super) fn flush_wakes(&mut self) {
         let direct = self.ring.depth() == 0;
-        let (mut messages, mut bytes, mut turns) = (0, 0, 0);
+        let (mut messages, mut bytes, mut plain_bytes, mut binary, mut turns) = (0, 0, 0, 0, 0);
         for outbox in self.wakes.drain(..) {
             if direct {
                 if let Some(Ok(wrote)) = outbox.write_out(false).map(|out| out.wrote) {
                     messages += wrote.messages;
                     bytes += wrote.bytes;
+                    plain_bytes += wrote.plain_bytes;
+                    binary += wrote.binary_messages;
                     turns += u64::from(wrote.messages > 0);
                     if let Some(t) = wrote.oldest {
                         self.metrics.publish_to_write.record(t.elapsed());
@@ -163,7 +165,7 @@ impl Worker {
             outbox.wake();
         }
         if messages > 0 {
-            self.metrics.wrote(messages, bytes, turns);
+            self.metrics.wrote(messages, bytes, plain_bytes, binary, turns);
         }
     }
 

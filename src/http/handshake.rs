@@ -20,7 +20,9 @@ use super::{auth_failure, authenticate, error_response, PeerAddr};
 use crate::auth::{self, Identity};
 use crate::connection::{self, Accepted, OpenSubscriber};
 use crate::node::{AdmitError, ConnectionPermit, Node};
-use crate::protocol::Endpoint;
+use crate::protocol::deflate;
+use crate::protocol::frame::{Deflate, Encoding, Format};
+use crate::protocol::{Endpoint, Streams};
 
 /// Bytes a subscriber connection reads from its socket at a time (a larger
 /// message is still read whole, the buffer growing to hold it): commands
@@ -59,6 +61,14 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
             Err(e) => return auth_failure(&node, e),
         }
     };
+    let streams = match streams_of(endpoint, req.uri().query()) {
+        Ok(s) => s,
+        Err(refusal) => return *refusal,
+    };
+    let format = match format_of(endpoint, req.uri().query()) {
+        Ok(f) => f,
+        Err(refusal) => return *refusal,
+    };
     let key = match websocket_key(headers) {
         Ok(k) => k,
         Err(refusal) => return *refusal,
@@ -69,6 +79,12 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
         // send new clients elsewhere, as /ready says. Open ones stay.
         return *refuse(&node, AdmitError::NotReady);
     }
+    // permessage-deflate for subscribers (PROTOCOL.md 5.2); publishers'
+    // batches are not compressed.
+    let agreed = (endpoint != Endpoint::Ingest && node.config.compression)
+        .then(|| offered_deflate(req.headers()))
+        .flatten();
+    let encoding = encoding_for(format, agreed.as_ref(), node.config.compression_min_bytes);
     let peer = peer_addr(&req);
     let permit = match admit(&node, peer) {
         Ok(p) => p,
@@ -86,10 +102,79 @@ pub(super) async fn upgrade(node: Arc<Node>, endpoint: Endpoint, mut req: Reques
         READ_BUFFER_BYTES
     };
     let config = ws_config(max_message, read_buffer);
-    tokio::spawn(connection_task(
-        on_upgrade, node, endpoint, identity, config, peer, permit,
-    ));
-    switching_protocols(&key)
+    let opening = Opening {
+        node,
+        endpoint,
+        streams,
+        identity,
+        config,
+        peer,
+        encoding,
+    };
+    tokio::spawn(connection_task(on_upgrade, opening, permit));
+    switching_protocols(&key, agreed.as_ref())
+}
+
+/// The permessage-deflate offer of a handshake the server takes, if any.
+fn offered_deflate(headers: &HeaderMap) -> Option<deflate::Agreed> {
+    deflate::negotiate(
+        headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+/// How a socket's frames are sent, from what its handshake asked and agreed.
+fn encoding_for(format: Format, agreed: Option<&deflate::Agreed>, min_bytes: u32) -> Encoding {
+    Encoding {
+        format,
+        deflate: agreed.map(|a| Deflate {
+            min_bytes,
+            // With the full window any payload inflates on the other side;
+            // with a smaller one, only payloads that fit in it.
+            max_bytes: match a.server_window_bits {
+                15.. => u32::MAX,
+                bits => 1 << bits,
+            },
+        }),
+    }
+}
+
+/// What a subscriber socket carries: its endpoint's stream, or on
+/// `/ws/stream/` the `streams` query parameter (all three when absent,
+/// PROTOCOL.md 5.1); a list naming anything else is refused with 400
+/// before the upgrade, like a bad token.
+fn streams_of(endpoint: Endpoint, query: Option<&str>) -> Result<Streams, Box<Response>> {
+    if endpoint != Endpoint::Stream {
+        return Ok(Streams::of(endpoint));
+    }
+    match query.and_then(|q| auth::query_param(q, "streams")) {
+        None => Ok(Streams::ALL),
+        Some(list) => {
+            Streams::parse(&list).map_err(|why| Box::new(error_response(StatusCode::BAD_REQUEST, why)))
+        }
+    }
+}
+
+/// The `format` query parameter (PROTOCOL.md 5.3): `json` (the default)
+/// or `msgpack` on a subscriber endpoint; publishers speak JSON. Anything
+/// else is refused with 400 before the upgrade.
+fn format_of(endpoint: Endpoint, query: Option<&str>) -> Result<Format, Box<Response>> {
+    let Some(asked) = query.and_then(|q| auth::query_param(q, "format")) else {
+        return Ok(Format::Json);
+    };
+    match Format::parse(&asked) {
+        Some(Format::MsgPack) if endpoint == Endpoint::Ingest => Err(Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            "/ws/ingest speaks JSON: `format=msgpack` is for subscriber endpoints",
+        ))),
+        Some(f) => Ok(f),
+        None => Err(Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            "`format` is json or msgpack",
+        ))),
+    }
 }
 
 /// The `Sec-WebSocket-Key` of a valid version-13 upgrade request, or the
@@ -150,13 +235,16 @@ fn ws_config(max_message: NonZeroUsize, read_buffer: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message.get()))
 }
 
-fn switching_protocols(key: &HeaderValue) -> Response {
-    Response::builder()
+fn switching_protocols(key: &HeaderValue, deflate: Option<&deflate::Agreed>) -> Response {
+    let mut resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
-        .body(Body::empty())
+        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()));
+    if let Some(agreed) = deflate {
+        resp = resp.header(header::SEC_WEBSOCKET_EXTENSIONS, &agreed.response);
+    }
+    resp.body(Body::empty())
         .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "handshake"))
 }
 
@@ -177,19 +265,25 @@ pub(super) async fn upgrade_echo(
         Ok(p) => p,
         Err(refusal) => return *refusal,
     };
+    let agreed = node
+        .config
+        .compression
+        .then(|| offered_deflate(req.headers()))
+        .flatten();
+    let encoding = encoding_for(Format::Json, agreed.as_ref(), node.config.compression_min_bytes);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = ws_config(node.config.max_message_bytes, READ_BUFFER_BYTES);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let Some(accepted) = Accepted::from_upgrade(upgraded, ws_config, peer) else {
+        let Some(accepted) = Accepted::from_upgrade(upgraded, ws_config, peer, encoding) else {
             return;
         };
         crate::echo::serve(accepted, node.connections.clone()).await;
         drop(permit);
     });
-    switching_protocols(&key)
+    switching_protocols(&key, agreed.as_ref())
 }
 
 /// A WebSocket connection's task, from the upgrade to the close. Its setup
@@ -199,14 +293,10 @@ pub(super) async fn upgrade_echo(
 /// the config) beside the open connection for its whole life.
 fn connection_task(
     on_upgrade: OnUpgrade,
-    node: Arc<Node>,
-    endpoint: Endpoint,
-    identity: Identity,
-    config: WebSocketConfig,
-    peer: SocketAddr,
+    opening: Opening,
     permit: ConnectionPermit,
 ) -> impl Future<Output = ()> + Send + 'static {
-    Box::pin(open(on_upgrade, node, endpoint, identity, config, peer)).then(|mut open| async move {
+    Box::pin(open(on_upgrade, opening)).then(|mut open| async move {
         let _permit = permit;
         // Served in place: moved out, it would be kept twice.
         if let Some(subscriber) = &mut open {
@@ -215,16 +305,29 @@ fn connection_task(
     })
 }
 
-/// Completes the upgrade; a subscriber's connection comes back set up, to
-/// be served, a publisher's is served here to its end.
-async fn open(
-    on_upgrade: OnUpgrade,
+/// Everything a connection's setup is given.
+struct Opening {
     node: Arc<Node>,
     endpoint: Endpoint,
+    streams: Streams,
     identity: Identity,
     config: WebSocketConfig,
     peer: SocketAddr,
-) -> Option<OpenSubscriber> {
+    encoding: Encoding,
+}
+
+/// Completes the upgrade; a subscriber's connection comes back set up, to
+/// be served, a publisher's is served here to its end.
+async fn open(on_upgrade: OnUpgrade, opening: Opening) -> Option<OpenSubscriber> {
+    let Opening {
+        node,
+        endpoint,
+        streams,
+        identity,
+        config,
+        peer,
+        encoding,
+    } = opening;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
@@ -232,14 +335,21 @@ async fn open(
             return None;
         }
     };
-    let Some(accepted) = Accepted::from_upgrade(upgraded, config, peer) else {
+    let Some(accepted) = Accepted::from_upgrade(upgraded, config, peer, encoding) else {
         tracing::warn!(%peer, "upgraded connection is not a TCP stream");
         return None;
     };
     if endpoint == Endpoint::Ingest {
         let publisher = identity.publisher_key();
-        connection::serve_ingest(accepted, node.connections.clone(), publisher).await;
+        // Boxed: the subscriber connections sharing this function should
+        // not carry the publisher's future inline.
+        Box::pin(connection::serve_ingest(
+            accepted,
+            node.connections.clone(),
+            publisher,
+        ))
+        .await;
         return None;
     }
-    Some(connection::open_subscriber(accepted, node.connections.clone(), endpoint, identity).await)
+    Some(connection::open_subscriber(accepted, node.connections.clone(), endpoint, streams, identity).await)
 }

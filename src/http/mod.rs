@@ -45,6 +45,7 @@ pub fn router(node: Arc<Node>) -> Router {
         ("/ws/market-data", Endpoint::MarketData),
         ("/ws/trading-signals", Endpoint::TradingSignals),
         ("/ws/notifications", Endpoint::Notifications),
+        ("/ws/stream", Endpoint::Stream),
         ("/ws/ingest", Endpoint::Ingest),
     ] {
         let handler = move |State(node): State<Arc<Node>>, req: Request| upgrade(node, endpoint, req);

@@ -41,6 +41,7 @@ pub use writer::Wrote;
 
 use crate::protocol::close::CloseReason;
 use crate::protocol::encode::Frame;
+use crate::protocol::frame::{Encoding, TEXT_HEAD};
 
 /// What a full queue does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,11 @@ pub struct Outgoing {
     pub bytes: Bytes,
     /// A control frame (ping, pong, close) framed whole, not a text message.
     pub raw: bool,
+    /// A message's frame header's first byte (FIN, RSV1 when compressed,
+    /// the opcode); unused when `raw`.
+    pub head: u8,
+    /// A message's payload length before compression (for the metrics).
+    pub plain_len: u32,
     pub received_at: Option<Instant>,
     pub key: Option<ConflationKey>,
 }
@@ -72,7 +78,7 @@ pub struct Outgoing {
 impl Outgoing {
     /// The text of a text message (for tests).
     pub fn text(&self) -> Option<&str> {
-        (!self.raw)
+        (!self.raw && self.head == TEXT_HEAD)
             .then(|| std::str::from_utf8(&self.bytes).ok())
             .flatten()
     }
@@ -159,6 +165,8 @@ pub struct Outbox {
     max_bytes: usize,
     /// A copy of `State::stuck` that the write path reads without the lock.
     stuck_hint: AtomicBool,
+    /// Which form of each frame the socket is sent (fixed at its handshake).
+    encoding: Encoding,
 }
 
 impl State {
@@ -224,7 +232,14 @@ impl Outbox {
             behind_at: (capacity / 4).clamp(1, BEHIND_FRAMES),
             max_bytes: DEFAULT_QUEUE_BYTES,
             stuck_hint: AtomicBool::new(false),
+            encoding: Encoding::default(),
         }
+    }
+
+    /// Sends each frame in the form `encoding` says (compressed, ...).
+    pub fn with_encoding(mut self, encoding: Encoding) -> Outbox {
+        self.encoding = encoding;
+        self
     }
 
     /// Bounds the queue to `max_bytes` as well as to its frames.
@@ -267,9 +282,13 @@ impl Outbox {
         received_at: Option<Instant>,
         key: Option<ConflationKey>,
     ) -> (Push, bool) {
+        // The shared form: the first subscriber that needs it makes it.
+        let (bytes, head, plain_len) = frame.for_wire(self.encoding);
         self.enqueue(Outgoing {
-            bytes: frame.into(),
+            bytes,
             raw: false,
+            head,
+            plain_len: plain_len as u32,
             received_at,
             key,
         })
@@ -333,6 +352,8 @@ impl Outbox {
         let (pushed, wake) = self.enqueue(Outgoing {
             bytes,
             raw: true,
+            head: 0,
+            plain_len: 0,
             received_at: None,
             key: None,
         });
@@ -458,6 +479,8 @@ impl Outbox {
                 Ok(w) => {
                     total.messages += w.messages;
                     total.bytes += w.bytes;
+                    total.plain_bytes += w.plain_bytes;
+                    total.binary_messages += w.binary_messages;
                     total.progressed |= w.progressed;
                     total.oldest = total.oldest.or(w.oldest);
                     if !w.done {
@@ -499,6 +522,8 @@ impl Outbox {
             writer.batch.push_back(Outgoing {
                 bytes,
                 raw: true,
+                head: 0,
+                plain_len: 0,
                 received_at: None,
                 key: None,
             });

@@ -59,9 +59,11 @@ impl Writer {
     }
 }
 
-/// The header of an unmasked, final text frame of `len` bytes.
-pub(crate) fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
-    header(0x81, len, out)
+/// The header of an unmasked, final message of `len` bytes whose first
+/// byte is `head`: FIN, the opcode, and RSV1 when the payload is
+/// compressed (permessage-deflate; see `protocol::frame`).
+pub(crate) fn message_header(head: u8, len: usize, out: &mut [u8; 10]) -> usize {
+    header(head, len, out)
 }
 
 /// A whole unmasked, final binary frame (the test-only echo route sends
@@ -109,8 +111,12 @@ pub fn close_frame(reason: &CloseReason) -> Bytes {
 pub struct Wrote {
     /// Text messages written whole.
     pub messages: u64,
-    /// Their payload bytes.
+    /// Their payload bytes, as written (compressed where they were).
     pub bytes: u64,
+    /// The same payloads' bytes before compression.
+    pub plain_bytes: u64,
+    /// Of the messages, those sent as binary frames (MessagePack).
+    pub binary_messages: u64,
     /// Everything was written; `false`: the socket is full for now.
     pub done: bool,
     /// When the first update written whole entered the server.
@@ -130,7 +136,7 @@ pub fn write_batch(tcp: &TcpStream, batch: &mut VecDeque<Outgoing>, offset: &mut
         let n = batch.len().min(MAX_BATCH);
         for (i, o) in batch.iter().take(n).enumerate() {
             if !o.raw {
-                lens[i] = text_header(o.bytes.len(), &mut headers[i]);
+                lens[i] = message_header(o.head, o.bytes.len(), &mut headers[i]);
             }
         }
         let mut iov = [IoSlice::new(&[]); 2 * MAX_BATCH];
@@ -167,6 +173,8 @@ pub fn write_batch(tcp: &TcpStream, batch: &mut VecDeque<Outgoing>, offset: &mut
                 if !o.raw {
                     wrote.messages += 1;
                     wrote.bytes += o.bytes.len() as u64;
+                    wrote.plain_bytes += u64::from(o.plain_len);
+                    wrote.binary_messages += u64::from(o.head & 0x0f == 2);
                 }
                 wrote.oldest = wrote.oldest.or(o.received_at);
             }
@@ -186,6 +194,8 @@ mod tests {
         Outgoing {
             bytes: Bytes::copy_from_slice(s.as_bytes()),
             raw: false,
+            head: 0x81,
+            plain_len: s.len() as u32,
             received_at: None,
             key: None,
         }
@@ -194,12 +204,15 @@ mod tests {
     #[test]
     fn headers_use_the_shortest_length_form() {
         let mut h = [0u8; 10];
-        assert_eq!(text_header(125, &mut h), 2);
+        assert_eq!(message_header(0x81, 125, &mut h), 2);
         assert_eq!(&h[..2], &[0x81, 125]);
-        assert_eq!(text_header(126, &mut h), 4);
+        assert_eq!(message_header(0x81, 126, &mut h), 4);
         assert_eq!(&h[..4], &[0x81, 126, 0, 126]);
-        assert_eq!(text_header(70_000, &mut h), 10);
+        assert_eq!(message_header(0x81, 70_000, &mut h), 10);
         assert_eq!(&h[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        // A compressed text message carries RSV1.
+        assert_eq!(message_header(0xc1, 5, &mut h), 2);
+        assert_eq!(&h[..2], &[0xc1, 5]);
     }
 
     #[test]
@@ -221,6 +234,8 @@ mod tests {
         batch.push_back(Outgoing {
             bytes: Bytes::from_static(&[0x8a, 0x00]),
             raw: true,
+            head: 0,
+            plain_len: 0,
             received_at: None,
             key: None,
         });

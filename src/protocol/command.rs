@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{parse_json, valid_name, Endpoint, ErrorCode, ProtocolError, Seq, SignalType};
+use super::{parse_json, valid_name, Endpoint, ErrorCode, ProtocolError, Seq, SignalType, Streams};
 
 /// How many symbols one `subscribe` may name; the per-connection limit is
 /// checked later against the connection's own count.
@@ -50,17 +50,26 @@ pub struct Envelope {
     pub command: Result<Command, ProtocolError>,
 }
 
-/// Decodes one text frame received on `endpoint`.
+/// Decodes one text frame received on `endpoint`, carrying what that
+/// endpoint carries by default (every stream on `/ws/stream/`).
 pub fn decode(frame: &[u8], endpoint: Endpoint) -> Envelope {
-    let value = match parse_json(frame) {
-        Ok(v) => v,
-        Err(e) => {
-            return Envelope {
-                id: None,
-                command: Err(e),
-            }
-        }
-    };
+    decode_on(frame, endpoint, Streams::of(endpoint))
+}
+
+/// Decodes one text frame received on `endpoint` carrying `streams`.
+pub fn decode_on(frame: &[u8], endpoint: Endpoint, streams: Streams) -> Envelope {
+    match parse_json(frame) {
+        Ok(value) => decode_value(value, endpoint, streams),
+        Err(e) => Envelope {
+            id: None,
+            command: Err(e),
+        },
+    }
+}
+
+/// Decodes a command already parsed into a JSON object (a MessagePack
+/// command arrives this way too).
+pub fn decode_value(value: Value, endpoint: Endpoint, streams: Streams) -> Envelope {
     let Value::Object(obj) = value else {
         return Envelope {
             id: None,
@@ -81,22 +90,26 @@ pub fn decode(frame: &[u8], endpoint: Endpoint) -> Envelope {
         }
     };
     Envelope {
-        command: decode_object(&obj, endpoint),
+        command: decode_object(&obj, endpoint, streams),
         id,
     }
 }
 
-fn decode_object(obj: &Map<String, Value>, endpoint: Endpoint) -> Result<Command, ProtocolError> {
+fn decode_object(
+    obj: &Map<String, Value>,
+    endpoint: Endpoint,
+    streams: Streams,
+) -> Result<Command, ProtocolError> {
     let kind = match obj.get("type") {
         None => return Err(ProtocolError::missing("type")),
         Some(Value::String(s)) => s.as_str(),
         Some(_) => return Err(ProtocolError::invalid("type", "must be a string")),
     };
-    let allowed = match kind {
-        "ping" => true,
-        "subscribe" | "unsubscribe" => endpoint == Endpoint::MarketData,
-        "filter" => endpoint == Endpoint::TradingSignals,
-        "mark_read" => endpoint == Endpoint::Notifications,
+    let needs = match kind {
+        "ping" => Streams::NONE,
+        "subscribe" | "unsubscribe" => Streams::MARKET_DATA,
+        "filter" => Streams::TRADING_SIGNALS,
+        "mark_read" => Streams::NOTIFICATIONS,
         other => {
             return Err(ProtocolError::new(
                 ErrorCode::UnknownType,
@@ -104,7 +117,20 @@ fn decode_object(obj: &Map<String, Value>, endpoint: Endpoint) -> Result<Command
             ))
         }
     };
-    if !allowed {
+    if needs != Streams::NONE && !streams.carries(needs) {
+        // Version 1's endpoints know only their own commands; the one socket
+        // of 5.1 knows them all, and refuses those of a stream it was not
+        // opened for as a field (`type`) out of its range.
+        if endpoint == Endpoint::Stream {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "`{kind}` is a command of {}, which this socket does not carry (streams={})",
+                    needs.names(),
+                    streams.names()
+                ),
+            ));
+        }
         return Err(ProtocolError::new(
             ErrorCode::UnknownType,
             format!("`{kind}` is not a command of /ws/{}/", endpoint.name()),
@@ -374,6 +400,33 @@ mod tests {
             cmd(r#"{"type":"ping"}"#, Endpoint::Notifications),
             Ok(Command::Ping)
         );
+    }
+
+    #[test]
+    fn the_one_socket_refuses_commands_of_streams_it_does_not_carry_as_invalid_field() {
+        let on = |s: &str, streams| decode_on(s.as_bytes(), Endpoint::Stream, streams).command;
+        let market_only = Streams::MARKET_DATA;
+        assert!(matches!(
+            on(r#"{"type":"subscribe","symbol":"A"}"#, market_only),
+            Ok(Command::Subscribe { .. })
+        ));
+        let e = on(r#"{"type":"filter","symbol":null}"#, market_only).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        assert!(e.message.contains("trading-signals"), "{}", e.message);
+        let e = on(r#"{"type":"mark_read","notification_id":"n"}"#, market_only).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        assert_eq!(on(r#"{"type":"ping"}"#, market_only), Ok(Command::Ping));
+        assert_eq!(
+            on(r#"{"type":"bogus"}"#, Streams::ALL).unwrap_err().code,
+            ErrorCode::UnknownType
+        );
+        for c in [
+            r#"{"type":"subscribe","symbol":"A"}"#,
+            r#"{"type":"filter","symbol":null}"#,
+            r#"{"type":"mark_read","notification_id":"n"}"#,
+        ] {
+            assert!(decode(c.as_bytes(), Endpoint::Stream).command.is_ok(), "{c}");
+        }
     }
 
     #[test]

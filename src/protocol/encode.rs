@@ -3,9 +3,9 @@
 //! whatever the number of its subscribers; answers to commands are small
 //! and rare, so they are built from `serde_json` values.
 //!
-//! A [`Frame`] is tungstenite's UTF-8 text payload: built once from a
-//! `String`, then cloned per subscriber as a reference count, never copied
-//! or re-validated.
+//! A [`Frame`] ([`super::frame`]) is built once from a `String`, then
+//! cloned per subscriber as a reference count, never copied or
+//! re-validated; its compressed form is made once too, when needed.
 
 use std::fmt::Write as _;
 
@@ -13,8 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::{now_rfc3339, ProtocolError, Seq};
 
-/// One encoded text message, shared by every subscriber that gets it.
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+pub use super::frame::Frame;
 
 /// Encodes a sequenced update: the publisher's fields, then `seq`.
 pub fn update(body: &Map<String, Value>, seq: Seq) -> Frame {

@@ -5,7 +5,10 @@
 
 pub mod close;
 pub mod command;
+pub mod deflate;
 pub mod encode;
+pub mod frame;
+pub mod msgpack;
 pub mod update;
 
 use std::fmt;
@@ -35,22 +38,28 @@ impl StreamKey {
     }
 }
 
-/// The three subscriber endpoints, plus the publishers' ingest socket.
+/// The three subscriber endpoints of version 1, the publishers' ingest
+/// socket, and version 1.1's one socket for every stream (PROTOCOL.md 5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     MarketData,
     TradingSignals,
     Notifications,
     Ingest,
+    Stream,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 4] = [
+    pub const ALL: [Endpoint; 5] = [
         Endpoint::MarketData,
         Endpoint::TradingSignals,
         Endpoint::Notifications,
+        Endpoint::Stream,
         Endpoint::Ingest,
     ];
+
+    /// How many endpoints there are, for arrays indexed by [`Endpoint::index`].
+    pub const COUNT: usize = Endpoint::ALL.len();
 
     pub fn name(self) -> &'static str {
         match self {
@@ -58,11 +67,87 @@ impl Endpoint {
             Endpoint::TradingSignals => "trading-signals",
             Endpoint::Notifications => "notifications",
             Endpoint::Ingest => "ingest",
+            Endpoint::Stream => "stream",
         }
     }
 
     pub fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// The kinds of stream a subscriber socket carries: the one of its
+/// endpoint on the endpoints of version 1, any of the three on
+/// `/ws/stream/` (its `streams` query parameter, PROTOCOL.md 5.1). A set of
+/// three bits, so that a session holds one byte for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Streams(u8);
+
+impl Streams {
+    pub const NONE: Streams = Streams(0);
+    pub const MARKET_DATA: Streams = Streams(1);
+    pub const TRADING_SIGNALS: Streams = Streams(2);
+    pub const NOTIFICATIONS: Streams = Streams(4);
+    pub const ALL: Streams = Streams(7);
+
+    /// What a socket opened on `endpoint` carries without a `streams` list.
+    pub fn of(endpoint: Endpoint) -> Streams {
+        match endpoint {
+            Endpoint::MarketData => Streams::MARKET_DATA,
+            Endpoint::TradingSignals => Streams::TRADING_SIGNALS,
+            Endpoint::Notifications => Streams::NOTIFICATIONS,
+            Endpoint::Stream => Streams::ALL,
+            Endpoint::Ingest => Streams::NONE,
+        }
+    }
+
+    /// The kind a single-stream endpoint's name names (`market-data`,
+    /// `trading-signals`, `notifications`).
+    fn named(name: &str) -> Option<Streams> {
+        Some(match name {
+            "market-data" => Streams::MARKET_DATA,
+            "trading-signals" => Streams::TRADING_SIGNALS,
+            "notifications" => Streams::NOTIFICATIONS,
+            _ => return None,
+        })
+    }
+
+    /// The `streams` query parameter: a comma-separated list of kinds,
+    /// at least one, repeats allowed. The error names the first unknown one.
+    pub fn parse(list: &str) -> Result<Streams, String> {
+        let mut out = Streams::NONE;
+        for name in list.split(',').map(str::trim) {
+            match Streams::named(name) {
+                Some(kind) => out.0 |= kind.0,
+                None => {
+                    let shown: String = name.chars().take(40).collect();
+                    return Err(format!(
+                        "`streams` names `{}`: the streams are market-data, trading-signals and notifications",
+                        LogSafe(&shown)
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether every kind of `kind` is carried.
+    pub fn carries(self, kind: Streams) -> bool {
+        self.0 & kind.0 == kind.0 && kind.0 != 0
+    }
+
+    /// The kinds carried, by name, comma-separated (for messages and logs).
+    pub fn names(self) -> String {
+        [
+            (Streams::MARKET_DATA, "market-data"),
+            (Streams::TRADING_SIGNALS, "trading-signals"),
+            (Streams::NOTIFICATIONS, "notifications"),
+        ]
+        .iter()
+        .filter(|(k, _)| self.carries(*k))
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
     }
 }
 
@@ -326,6 +411,25 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_parse_the_three_names_and_nothing_else() {
+        assert_eq!(
+            Streams::parse("market-data,notifications"),
+            Ok(Streams(Streams::MARKET_DATA.0 | Streams::NOTIFICATIONS.0))
+        );
+        assert_eq!(
+            Streams::parse("trading-signals, trading-signals"),
+            Ok(Streams::TRADING_SIGNALS)
+        );
+        assert!(Streams::parse("").is_err());
+        assert!(Streams::parse("market-data,").is_err());
+        assert!(Streams::parse("ingest").is_err());
+        assert_eq!(Streams::ALL.names(), "market-data,trading-signals,notifications");
+        assert!(!Streams::NONE.carries(Streams::NONE));
+        assert!(Streams::of(Endpoint::Stream).carries(Streams::NOTIFICATIONS));
+        assert!(!Streams::of(Endpoint::MarketData).carries(Streams::NOTIFICATIONS));
+    }
 
     #[test]
     fn the_outline_counts_depth_and_top_level_entries() {

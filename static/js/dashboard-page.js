@@ -6,7 +6,7 @@
 
   var POLL_MS = 1000;
   var WINDOW_POINTS = 300;
-  var ENDPOINTS = ['market-data', 'trading-signals', 'notifications', 'ingest'];
+  var ENDPOINTS = ['market-data', 'trading-signals', 'notifications', 'stream', 'ingest'];
   var IN_TYPES = ['market_update', 'new_signal', 'signal_update', 'new_notification'];
   var COLORS = ['#2563eb', '#16a34a', '#d97706', '#9333ea', '#dc2626', '#0891b2'];
   var $ = function (id) { return document.getElementById(id); };
@@ -258,7 +258,7 @@
 
   function renderKpis(stats, prev, rates) {
     var conns = stats.connections || {};
-    var subscribers = ['market-data', 'trading-signals', 'notifications'].reduce(function (s, k) { return s + (num(conns[k]) || 0); }, 0);
+    var subscribers = ['market-data', 'trading-signals', 'notifications', 'stream'].reduce(function (s, k) { return s + (num(conns[k]) || 0); }, 0);
     $('kpi-uptime').textContent = fmtUptime(stats.uptime_s);
     $('kpi-mode').textContent = 'mode ' + (stats.mode || '–');
     $('kpi-conns').textContent = fmtCount(subscribers);
@@ -334,7 +334,8 @@
     var conns = stats.connections || {};
     var connRows = $('conn-rows');
     connRows.replaceChildren.apply(connRows, ENDPOINTS.map(function (name) {
-      return row([name === 'ingest' ? 'ingest (publishers)' : '/ws/' + name + '/', fmtCount(num(conns[name]) || 0)],
+      var label = name === 'ingest' ? 'ingest (publishers)' : name === 'stream' ? '/ws/stream/ (one socket for all)' : '/ws/' + name + '/';
+      return row([label, fmtCount(num(conns[name]) || 0)],
         { 'data-endpoint': name, 'data-value': String(num(conns[name]) || 0) });
     }));
 
@@ -353,6 +354,18 @@
     });
     rows.push(row(['out: messages', fmtCount(stats.messages_out), rateText(outRate)], { 'data-counter': 'messages_out' }));
     rows.push(row(['out: bytes', fmtBytes(stats.bytes_out), bytesRate === null ? '–' : fmtBytes(bytesRate)], { 'data-counter': 'bytes_out' }));
+    // Version 1.1: frames by format, and what permessage-deflate saved.
+    var byFormat = stats.messages_out_by_format || {};
+    ['json', 'msgpack'].forEach(function (format) {
+      var prevFormat = prev && prev.messages_out_by_format ? prev.messages_out_by_format[format] : undefined;
+      var perSecond = prev ? rate(byFormat[format], prevFormat, stats.uptime_s - prev.uptime_s) : null;
+      rows.push(row(['out: ' + (format === 'json' ? 'JSON' : 'MessagePack') + ' frames', fmtCount(num(byFormat[format]) || 0), rateText(perSecond)],
+        { 'data-counter': 'messages_out_' + format }));
+    });
+    var plainBytes = num(stats.bytes_out_uncompressed) || 0;
+    var saved = plainBytes > 0 ? Math.round(100 * (1 - (num(stats.bytes_out) || 0) / plainBytes)) + '% saved' : '–';
+    rows.push(row(['out: bytes before compression', fmtBytes(plainBytes), saved], { 'data-counter': 'bytes_out_uncompressed' }));
+    rows.push(row(['frames compressed (once each)', fmtCount(num(stats.frames_compressed) || 0), '–'], { 'data-counter': 'frames_compressed' }));
     [
       ['slow-consumer cuts', 'slow_consumer_cuts'],
       ['conflated frames', 'conflated_frames'],

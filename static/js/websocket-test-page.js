@@ -74,10 +74,24 @@
     info.textContent = text;
   }
 
+  var transportMode = $('transport-mode');
+  var formatMode = $('format-mode');
+  // ?multiplex=1 and ?format=msgpack preselect them (and make the page's
+  // state linkable).
+  var pageQuery = new URLSearchParams(location.search);
+  if (pageQuery.get('multiplex') === '1') transportMode.value = 'multiplex';
+  if (pageQuery.get('format') === 'msgpack') formatMode.value = 'msgpack';
+  function applyTransport() {
+    client.configure({ multiplex: transportMode.value === 'multiplex', format: formatMode.value });
+  }
+  transportMode.addEventListener('change', applyTransport);
+  formatMode.addEventListener('change', applyTransport);
+
   client.configure({
     baseUrl: baseUrlInput.value,
     token: currentToken
   });
+  applyTransport();
   baseUrlInput.addEventListener('change', function () {
     client.configure({ baseUrl: baseUrlInput.value.trim() || location.origin });
   });
@@ -103,10 +117,20 @@
   $('connect-all').addEventListener('click', function () { KINDS.forEach(function (k) { client.connect(k); }); });
   $('disconnect-all').addEventListener('click', function () { KINDS.forEach(function (k) { client.disconnect(k); }); });
 
+  // Which transport, format and compression each kind has now.
+  function showTransport(kind) {
+    var t = client.transport(kind);
+    var f = cards[kind].fields;
+    f.transport.textContent = t.transport === 'none' ? '–' : t.transport === 'multiplex' ? 'one socket (' + t.path + ')' : t.transport === 'socket' ? 'own socket' : 'HTTP polling';
+    f.format.textContent = t.format || '–';
+    f.compression.textContent = t.compression === null ? '–' : (/permessage-deflate/.test(t.compression) ? 'permessage-deflate' : 'none');
+    f.compression.title = t.compression || '';
+  }
   client.on('status', function (ev) {
     var pill = cards[ev.kind].pill;
     pill.setAttribute('data-status', ev.status);
     pill.textContent = ev.status === 'polling' ? 'polling (fallback)' : ev.status;
+    showTransport(ev.kind);
   });
   client.on('reconnecting', function (ev) {
     var c = cards[ev.kind];

@@ -1,7 +1,7 @@
 /*!
  * tickwire browser client: market data, trading signals and notifications
  * over WebSockets, with resume-by-seq, reconnect and a polling fallback.
- * No dependencies. Wire contract: PROTOCOL.md (version 1).
+ * No dependencies. Wire contract: PROTOCOL.md (version 1.1).
  *
  * Loading
  *   <script src="/static/js/websocket_client.js"></script>
@@ -33,11 +33,23 @@
  *     heartbeatMs: 25000,         // send {"type":"ping"} after this much silence (0: off)
  *     pongTimeoutMs: 10000,       // no answer to that ping by then: reconnect
  *     maxFrequency: null,         // market data: ask the server to conflate (updates/s)
+ *     multiplex: false,           // true: one socket (/ws/stream/) for every kind
+ *                                 // connected, each behaving as on its own socket;
+ *                                 // kinds connected in the same tick share the
+ *                                 // first attempt, a kind connected later reopens it
+ *                                 // (resuming with since, so nothing is lost)
+ *     format: 'json',             // 'msgpack': binary MessagePack frames, decoded
+ *                                 // with the vendored /static/vendor/msgpack/
+ *                                 // (loaded on first use; JSON if it cannot load)
+ *     msgpack: null,              // { encode, decode } to use instead of that
  *     WebSocket: globalThis.WebSocket, fetch: globalThis.fetch  // for tests
  *   });
  *
  * Connections: connect(kind) / disconnect(kind), kind one of 'market-data',
- * 'trading-signals', 'notifications'. State set through subscribeToSymbol,
+ * 'trading-signals', 'notifications'. transport(kind) says how a kind is
+ * carried now: { transport: 'socket' | 'multiplex' | 'polling' | 'none',
+ * path, format: 'json' | 'msgpack', compression: the socket's negotiated
+ * extensions ('' when none) }. State set through subscribeToSymbol,
  * unsubscribeFromSymbol and filterSignals is kept by the client and sent
  * again, with `since`, on every (re)connection, so calls may come before
  * connect(). markNotificationRead is queued while the socket is down.
@@ -86,6 +98,24 @@
     'notifications': '/ws/notifications/'
   };
 
+  var STREAM_PATH = '/ws/stream/';
+  var MSGPACK_PATH = '/static/vendor/msgpack/msgpack.min.js';
+
+  // Which kind a message of the one socket belongs to (PROTOCOL.md 5.1:
+  // `type` says it; `reset` names its stream).
+  function kindOfMessage(msg) {
+    switch (msg.type) {
+      case 'market_update': case 'subscribed': case 'unsubscribed': return 'market-data';
+      case 'new_signal': case 'signal_update': case 'filtered': return 'trading-signals';
+      case 'new_notification': case 'notification_read': case 'unread_notifications': return 'notifications';
+      case 'reset':
+        if (msg.stream === SIGNALS_STREAM) return 'trading-signals';
+        if (msg.stream === NOTIFICATIONS_STREAM) return 'notifications';
+        return 'market-data';
+      default: return null;
+    }
+  }
+
   var DEFAULTS = {
     baseUrl: null,
     wsBaseUrl: null,
@@ -100,6 +130,9 @@
     heartbeatMs: 25000,
     pongTimeoutMs: 10000,
     maxFrequency: null,
+    multiplex: false,
+    format: 'json',
+    msgpack: null,
     WebSocket: null,
     fetch: null
   };
@@ -149,6 +182,12 @@
     this._stats = { received: 0, duplicatesDropped: 0, resets: 0, polls: 0, lastPollError: null };
     this._conns = Object.create(null);
     for (var kind in KINDS) this._conns[kind] = this._newConn(kind);
+    // The one socket of multiplex mode; `carried` are the kinds in its URL.
+    this._mux = this._newConn('stream');
+    this._mux.path = STREAM_PATH;
+    this._mux.carried = [];
+    this._muxSyncQueued = false;
+    this._codecLoading = null;
     this.configure(Object.assign({}, DEFAULTS, options || {}));
   }
 
@@ -227,13 +266,103 @@
     if (conn.wanted && conn.status !== 'closed') return;
     conn.wanted = true;
     conn.attempts = 0;
+    if (this._options.multiplex) {
+      this._setStatus(conn, 'connecting');
+      this._queueMuxSync();
+      return;
+    }
     this._open(conn, false);
+  };
+
+  // ---- the one socket (multiplex) ------------------------------------------
+
+  // The kinds a socket serves: its own, or the wanted kinds the one socket carries.
+  TickwireClient.prototype._kindConns = function (conn) {
+    if (conn !== this._mux) return [conn];
+    var self = this;
+    return conn.carried.map(function (k) { return self._conns[k]; }).filter(function (c) { return c.wanted; });
+  };
+
+  // Kinds connected in one tick share one socket: the sync runs after them.
+  TickwireClient.prototype._queueMuxSync = function () {
+    if (this._muxSyncQueued) return;
+    this._muxSyncQueued = true;
+    var self = this;
+    setTimeout(function () { self._muxSyncQueued = false; self._muxSync(); }, 0);
+  };
+
+  // Opens the one socket for the wanted kinds, or reopens it when a kind it
+  // does not carry is wanted (the kinds it carries resume with since).
+  TickwireClient.prototype._muxSync = function () {
+    var self = this;
+    var mux = this._mux;
+    var wanted = TickwireClient.KINDS.filter(function (k) { return self._conns[k].wanted; });
+    if (!wanted.length) { this._closeMux(); return; }
+    var missing = wanted.filter(function (k) { return mux.carried.indexOf(k) < 0; });
+    if (mux.wanted && !missing.length) return;
+    mux.carried = wanted;
+    mux.wanted = true;
+    if (mux.polling) {
+      // Falling back already: the new kinds poll too; the socket retry carries them.
+      missing.forEach(function (k) { var c = self._conns[k]; c.polling = true; self._setStatus(c, 'polling'); self._pollNow(c); });
+      return;
+    }
+    var ws = mux.ws;
+    mux.ws = null;
+    this._clearTimers(mux);
+    if (ws) {
+      this._detach(ws);
+      try { ws.close(CLOSE_NORMAL, 'streams changed'); } catch (_) { /* already closed */ }
+    }
+    mux.attempts = 0;
+    this._open(mux, false);
+  };
+
+  TickwireClient.prototype._closeMux = function () {
+    var mux = this._mux;
+    mux.wanted = false;
+    mux.carried = [];
+    this._clearTimers(mux);
+    this._stopPolling(mux);
+    var ws = mux.ws;
+    mux.ws = null;
+    if (ws) {
+      this._detach(ws);
+      try { ws.close(CLOSE_NORMAL, 'client disconnect'); } catch (_) { /* already closed */ }
+    }
+    mux.status = 'closed';
+  };
+
+  // How a kind is carried now (for pages that show it).
+  TickwireClient.prototype.transport = function (kind) {
+    var conn = this._conn(kind);
+    var sock = this._options.multiplex ? this._mux : conn;
+    var carried = sock === conn || sock.carried.indexOf(kind) >= 0;
+    var open = conn.wanted && carried && sock.status === 'open' && sock.ws;
+    return {
+      transport: conn.polling ? 'polling' : open ? (sock === conn ? 'socket' : 'multiplex') : 'none',
+      path: open ? sock.path + (sock === conn ? '' : '?streams=' + sock.carried.join(',')) : null,
+      format: open ? (sock.codec ? 'msgpack' : 'json') : null,
+      compression: open ? String(sock.ws.extensions || '') : null
+    };
   };
 
   TickwireClient.prototype.disconnect = function (kind) {
     var conn = this._conn(kind);
     var wasActive = conn.wanted;
     conn.wanted = false;
+    if (this._options.multiplex) {
+      // The one socket stays for the other kinds (what it still sends of this
+      // one is dropped); with none left it closes.
+      this._stopPolling(conn);
+      if (!TickwireClient.KINDS.some(function (k) { return this._conns[k].wanted; }, this)) this._closeMux();
+      this._setStatus(conn, 'closed');
+      if (wasActive) {
+        this._emit('close', { kind: kind, code: CLOSE_NORMAL, reason: 'client disconnect',
+          wasClean: true, willReconnect: false, delayMs: null });
+      }
+      return;
+    }
     this._clearTimers(conn);
     this._stopPolling(conn);
     var ws = conn.ws;
@@ -365,13 +494,20 @@
     this._setStatus(conn, conn.polling ? 'polling' : (conn.everOpened || conn.attempts > 0 ? 'reconnecting' : 'connecting'));
     var attemptId = {};
     conn.attemptId = attemptId;
-    this._token().then(function (token) {
+    Promise.all([this._token(), this._ensureCodec()]).then(function (got) {
+      var token = got[0];
+      var codec = got[1];
       if (!conn.wanted || conn.attemptId !== attemptId) return;
-      var url = self._wsBaseUrl() + conn.path;
-      if (token) url += '?token=' + encodeURIComponent(token);
+      var query = [];
+      if (token) query.push('token=' + encodeURIComponent(token));
+      if (conn === self._mux) query.push('streams=' + conn.carried.join(','));
+      if (codec) query.push('format=msgpack');
+      var url = self._wsBaseUrl() + conn.path + (query.length ? '?' + query.join('&') : '');
       var ws;
       try {
         ws = new WS(url);
+        if (codec) ws.binaryType = 'arraybuffer';
+        conn.codec = codec;
       } catch (err) {
         self._onSocketGone(conn, null, { code: 1006, reason: String(err && err.message || err), wasClean: false });
         return;
@@ -397,6 +533,39 @@
     });
   };
 
+  // The MessagePack codec when format is 'msgpack': the configured one, the
+  // page's MessagePack global, or the vendored build loaded once from the
+  // server. Resolves null for JSON (and, with a warning, when none loads).
+  TickwireClient.prototype._codec = function () {
+    var c = this._options.msgpack || (root && root.MessagePack);
+    return c && typeof c.decode === 'function' && typeof c.encode === 'function' ? c : null;
+  };
+
+  TickwireClient.prototype._ensureCodec = function () {
+    if (this._options.format !== 'msgpack') return Promise.resolve(null);
+    var codec = this._codec();
+    if (codec) return Promise.resolve(codec);
+    var self = this;
+    var doc = root && root.document;
+    if (!this._codecLoading) {
+      this._codecLoading = new Promise(function (resolve) {
+        if (!doc || !doc.createElement) { resolve(null); return; }
+        var script = doc.createElement('script');
+        script.src = self._baseUrl() + MSGPACK_PATH;
+        script.onload = function () { resolve(self._codec()); };
+        script.onerror = function () { resolve(null); };
+        (doc.head || doc.documentElement).appendChild(script);
+      }).then(function (c) {
+        if (!c) {
+          self._codecLoading = null;
+          if (root && root.console) root.console.warn('tickwire: no MessagePack codec (' + MSGPACK_PATH + '); using JSON');
+        }
+        return c;
+      });
+    }
+    return this._codecLoading;
+  };
+
   TickwireClient.prototype._detach = function (ws) {
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
   };
@@ -404,19 +573,30 @@
   TickwireClient.prototype._onSocketOpen = function (conn, fromFallback) {
     clearTimeout(conn.connectTimer);
     conn.connectTimer = null;
-    var resumed = conn.everOpened;
+    var kinds = this._kindConns(conn);
+    var resumed = kinds.map(function (c) { return c.everOpened; });
     var wasPolling = conn.polling;
     conn.openedAt = Date.now();
     conn.everOpened = true;
+    kinds.forEach(function (c) { c.everOpened = true; });
     this._stopPolling(conn);
     this._setStatus(conn, 'open');
     this._resendState(conn);
     this._startHeartbeat(conn);
-    this._emit('open', { kind: conn.kind, resumed: resumed, fromFallback: !!(fromFallback || wasPolling) });
+    for (var i = 0; i < kinds.length; i++) {
+      this._emit('open', { kind: kinds[i].kind, resumed: resumed[i], fromFallback: !!(fromFallback || wasPolling),
+        multiplexed: conn === this._mux });
+    }
   };
 
+  // Sends a socket's state again, for each kind it serves.
   TickwireClient.prototype._resendState = function (conn) {
-    if (conn.kind === 'market-data' && this._symbols.size) {
+    var kinds = this._kindConns(conn);
+    for (var i = 0; i < kinds.length; i++) this._resendKind(kinds[i].kind, conn);
+  };
+
+  TickwireClient.prototype._resendKind = function (kind, conn) {
+    if (kind === 'market-data' && this._symbols.size) {
       var symbols = Array.from(this._symbols);
       var cmd = { type: 'subscribe', symbols: symbols };
       var since = {};
@@ -428,7 +608,7 @@
       if (any) cmd.since = since;
       if (this._options.maxFrequency) cmd.max_frequency = this._options.maxFrequency;
       this._sendRaw(conn, cmd);
-    } else if (conn.kind === 'trading-signals') {
+    } else if (kind === 'trading-signals') {
       var seqSignals = this._lastSeq.get(SIGNALS_STREAM);
       if (this._signalFilter || seqSignals) {
         var filter = this._signalFilter || { symbol: null, signal_type: null };
@@ -436,7 +616,7 @@
         if (seqSignals) fcmd.since = seqSignals;
         this._sendRaw(conn, fcmd);
       }
-    } else if (conn.kind === 'notifications') {
+    } else if (kind === 'notifications') {
       var pending = this._pendingReads;
       this._pendingReads = [];
       for (var j = 0; j < pending.length; j++) this._sendRaw(conn, pending[j]);
@@ -445,13 +625,20 @@
 
   TickwireClient.prototype._sendIfOpen = function (kind, cmd) {
     var conn = this._conn(kind);
+    if (this._options.multiplex) {
+      var mux = this._mux;
+      if (!conn.wanted || mux.carried.indexOf(kind) < 0 || mux.status !== 'open' || !mux.ws) return false;
+      // Answers without a kind of their own (pong, error) go to the asker.
+      mux.lastAsker = kind;
+      return this._sendRaw(mux, cmd);
+    }
     if (conn.status !== 'open' || !conn.ws) return false;
     return this._sendRaw(conn, cmd);
   };
 
   TickwireClient.prototype._sendRaw = function (conn, cmd) {
     try {
-      conn.ws.send(JSON.stringify(cmd));
+      conn.ws.send(conn.codec ? conn.codec.encode(cmd) : JSON.stringify(cmd));
       return true;
     } catch (_) {
       return false;
@@ -461,16 +648,25 @@
   TickwireClient.prototype._onSocketMessage = function (conn, data) {
     conn.lastTrafficAt = Date.now();
     if (conn.pongTimer) { clearTimeout(conn.pongTimer); conn.pongTimer = null; }
-    if (typeof data !== 'string') return;
     var parsed;
     try {
-      parsed = JSON.parse(data);
+      if (typeof data === 'string') parsed = JSON.parse(data);
+      else if (conn.codec) parsed = conn.codec.decode(new Uint8Array(data));
+      else return;
     } catch (_) {
       return;
     }
     var list = Array.isArray(parsed) ? parsed : [parsed];
     for (var i = 0; i < list.length; i++) {
-      if (list[i] && typeof list[i] === 'object') this._deliver(list[i], { kind: conn.kind, via: 'socket' });
+      var msg = list[i];
+      if (!msg || typeof msg !== 'object') continue;
+      var kind = conn.kind;
+      if (conn === this._mux) {
+        kind = kindOfMessage(msg) || conn.lastAsker || conn.carried[0];
+        // A kind disconnected while the socket stays for the others.
+        if (!this._conns[kind] || !this._conns[kind].wanted) continue;
+      }
+      this._deliver(msg, { kind: kind, via: 'socket', multiplexed: conn === this._mux });
     }
   };
 
@@ -545,7 +741,7 @@
     if (conn.polling) {
       // A socket probe from fallback mode failed; keep polling, try later.
       this._setStatus(conn, 'polling');
-      this._emit('close', { kind: conn.kind, code: code, reason: info.reason || '', wasClean: !!info.wasClean,
+      this._emitKinds(conn, 'close', { code: code, reason: info.reason || '', wasClean: !!info.wasClean,
         willReconnect: true, delayMs: opts.socketRetryMs });
       this._scheduleSocketRetry(conn);
       return;
@@ -553,15 +749,15 @@
 
     conn.attempts++;
     if (conn.attempts > opts.maxReconnectAttempts) {
-      this._emit('close', { kind: conn.kind, code: code, reason: info.reason || '', wasClean: !!info.wasClean,
+      this._emitKinds(conn, 'close', { code: code, reason: info.reason || '', wasClean: !!info.wasClean,
         willReconnect: false, delayMs: null });
       this._enterFallback(conn);
       return;
     }
-    this._emit('close', { kind: conn.kind, code: code, reason: info.reason || '', wasClean: !!info.wasClean,
+    this._emitKinds(conn, 'close', { code: code, reason: info.reason || '', wasClean: !!info.wasClean,
       willReconnect: true, delayMs: delay });
     this._setStatus(conn, 'reconnecting');
-    this._emit('reconnecting', { kind: conn.kind, attempt: conn.attempts, delayMs: delay, polling: false });
+    this._emitKinds(conn, 'reconnecting', { attempt: conn.attempts, delayMs: delay, polling: false });
     var self = this;
     conn.reconnectTimer = setTimeout(function () {
       conn.reconnectTimer = null;
@@ -603,7 +799,20 @@
     conn.reconnectTimer = conn.connectTimer = conn.retryTimer = conn.heartbeatTimer = conn.pongTimer = null;
   };
 
+  // Emits a socket's event once for each kind it serves.
+  TickwireClient.prototype._emitKinds = function (conn, type, payload) {
+    var kinds = this._kindConns(conn);
+    for (var i = 0; i < kinds.length; i++) this._emit(type, Object.assign({ kind: kinds[i].kind }, payload));
+  };
+
   TickwireClient.prototype._setStatus = function (conn, status) {
+    if (conn === this._mux) {
+      // The one socket's status is each of its kinds' status.
+      conn.status = status;
+      var kinds = this._kindConns(conn);
+      for (var i = 0; i < kinds.length; i++) this._setStatus(kinds[i], status);
+      return;
+    }
     if (conn.status === status) return;
     var previous = conn.status;
     conn.status = status;
@@ -616,9 +825,11 @@
     var attempts = conn.attempts;
     conn.polling = true;
     conn.attempts = 0;
+    var kinds = this._kindConns(conn);
+    kinds.forEach(function (c) { c.polling = true; });
     this._setStatus(conn, 'polling');
-    this._emit('fallback', { kind: conn.kind, attempts: attempts });
-    this._pollNow(conn);
+    this._emitKinds(conn, 'fallback', { attempts: attempts });
+    for (var i = 0; i < kinds.length; i++) this._pollNow(kinds[i]);
     if (this._options.WebSocket || (root && root.WebSocket)) this._scheduleSocketRetry(conn);
   };
 
@@ -626,6 +837,7 @@
     conn.polling = false;
     clearTimeout(conn.pollTimer);
     conn.pollTimer = null;
+    if (conn === this._mux) this._kindConns(conn).forEach(this._stopPolling, this);
   };
 
   TickwireClient.prototype._scheduleSocketRetry = function (conn) {
@@ -634,7 +846,7 @@
     conn.retryTimer = setTimeout(function () {
       conn.retryTimer = null;
       if (!conn.wanted || !conn.polling) return;
-      self._emit('reconnecting', { kind: conn.kind, attempt: 1, delayMs: 0, polling: true });
+      self._emitKinds(conn, 'reconnecting', { attempt: 1, delayMs: 0, polling: true });
       self._open(conn, true);
     }, this._options.socketRetryMs);
   };

@@ -171,3 +171,47 @@ test('notifications: unread backlog deduplicated, mark_read queued while down', 
   assert.deepEqual(socket(1).sent.at(-1), { type: 'mark_read', notification_id: 'n4' });
   client.disconnect('notifications');
 });
+
+test('multiplex: kinds connected in one tick share one socket; a later kind reopens it with since', async () => {
+  const { client, events, socket } = makeClient({ multiplex: true });
+  client.subscribeToSymbol('BTC-USD');
+  client.filterSignals('BTC-USD', 'BUY');
+  client.connect('market-data');
+  client.connect('trading-signals');
+  await until(() => socket(0), 'the one socket');
+  assert.equal(socket(0).url, 'ws://127.0.0.1:9/ws/stream/?token=t1&streams=market-data,trading-signals');
+  socket(0).accept();
+  assert.deepEqual(socket(0).sent, [
+    { type: 'subscribe', symbols: ['BTC-USD'] },
+    { type: 'filter', symbol: 'BTC-USD', signal_type: 'BUY' }
+  ]);
+  assert.equal(client.status('market-data'), 'open');
+  assert.equal(client.status('trading-signals'), 'open');
+  assert.equal(client.transport('market-data').transport, 'multiplex');
+  socket(0).deliver(tick(1), { type: 'new_signal', signal_id: 's', symbol: 'BTC-USD', seq: 4 },
+    { type: 'reset', stream: 'signals', seq: 2 });
+  assert.equal(client.lastSeq('signals'), 1, 'the reset named the signals stream');
+  assert.equal(client.lastSeq('BTC-USD'), 1);
+  // Notifications later: the socket is reopened carrying all three, and
+  // the others resume from what they saw.
+  client.connect('notifications');
+  await until(() => socket(1), 'the reopened socket');
+  assert.deepEqual(socket(0).closedByClient, { code: 1000, reason: 'streams changed' });
+  assert.match(socket(1).url, /streams=market-data,trading-signals,notifications$/);
+  socket(1).accept();
+  assert.deepEqual(socket(1).sent, [
+    { type: 'subscribe', symbols: ['BTC-USD'], since: { 'BTC-USD': 1 } },
+    { type: 'filter', symbol: 'BTC-USD', signal_type: 'BUY', since: 1 }
+  ]);
+  socket(1).deliver({ type: 'unread_notifications', notifications: [] }, { type: 'pong', timestamp: 'x' });
+  const opens = events.filter((e) => e.event === 'open').map((e) => e.kind);
+  assert.deepEqual(opens, ['market-data', 'trading-signals', 'market-data', 'trading-signals', 'notifications']);
+  // Disconnecting one kind keeps the socket for the others and drops its messages.
+  client.disconnect('market-data');
+  assert.equal(socket(1).closedByClient, null);
+  socket(1).deliver(tick(2));
+  assert.equal(events.filter((e) => e.type === 'market_update').length, 1);
+  for (const kind of ['trading-signals', 'notifications']) client.disconnect(kind);
+  assert.deepEqual(socket(1).closedByClient, { code: 1000, reason: 'client disconnect' });
+  assert.equal(FakeSocket.all.length, 2);
+});

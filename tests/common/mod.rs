@@ -3,6 +3,8 @@
 //! WebSocket clients, real HTTP. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
