@@ -259,6 +259,11 @@ async fn close(link: &mut Link, l: &Loop<'_>, exit: Exit) -> End {
 }
 
 async fn serve_open(link: &mut Link, l: &Loop<'_>, reader: &mut impl Reader) -> Exit {
+    // Tungstenite may hold bytes that no readiness will announce: those the
+    // client sent with its handshake (the HTTP layer read them, and may
+    // have seen the socket empty after), so the loop reads before it waits
+    // until a read finds nothing.
+    let mut unread = true;
     loop {
         if l.outbox.is_dropped() {
             return Exit::Dropped;
@@ -275,20 +280,26 @@ async fn serve_open(link: &mut Link, l: &Loop<'_>, reader: &mut impl Reader) -> 
         // the socket's own waker slot for that direction (this task is the
         // only one that waits on it): an idle connection's task holds every
         // future of this select, and `ready()` would add a waiter of its own.
-        let tcp = link.tcp();
-        let ready = std::future::poll_fn(|cx| {
-            if stalled {
-                tcp.poll_write_ready(cx)
-            } else {
-                tcp.poll_read_ready(cx)
-            }
-        });
-        tokio::select! {
-            biased;
-            _ = l.outbox.notified() => continue,
-            ready = ready => {
-                if let Err(e) = ready {
-                    return Exit::ClientGone(End::Error(e.to_string()));
+        if unread && !stalled {
+            // No wait, but a turn of the task's budget, so that a client
+            // that keeps sending cannot hold its worker thread.
+            tokio::task::coop::consume_budget().await;
+        } else {
+            let tcp = link.tcp();
+            let ready = std::future::poll_fn(|cx| {
+                if stalled {
+                    tcp.poll_write_ready(cx)
+                } else {
+                    tcp.poll_read_ready(cx)
+                }
+            });
+            tokio::select! {
+                biased;
+                _ = l.outbox.notified() => continue,
+                ready = ready => {
+                    if let Err(e) = ready {
+                        return Exit::ClientGone(End::Error(e.to_string()));
+                    }
                 }
             }
         }
@@ -296,6 +307,7 @@ async fn serve_open(link: &mut Link, l: &Loop<'_>, reader: &mut impl Reader) -> 
             continue;
         }
         let incoming = link.read_now();
+        unread = !matches!(incoming, Incoming::Nothing);
         if !matches!(incoming, Incoming::Nothing) {
             l.sweeper.heard(link.id);
         }

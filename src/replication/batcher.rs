@@ -20,6 +20,10 @@ pub struct Entry {
     pub(super) args: [String; 9],
 }
 
+/// One group's part of a script call: the group and where each of its
+/// entries is in the batch (job, entry).
+type Section = (u64, Vec<(usize, usize)>);
+
 pub(super) struct Job {
     pub(super) entries: Vec<Entry>,
     pub(super) reply: oneshot::Sender<Result<Vec<i64>, ReplicationError>>,
@@ -77,7 +81,7 @@ impl Replication {
     pub(super) async fn run_batch(&self, batch: &[Job]) -> Result<Vec<Vec<i64>>, ReplicationError> {
         let conn = self.conn()?;
         // Entries by group, in order, remembering where each came from.
-        let mut groups: Vec<(u64, Vec<(usize, usize)>)> = Vec::new();
+        let mut groups: Vec<Section> = Vec::new();
         let mut index: HashMap<u64, usize> = HashMap::new();
         for (j, job) in batch.iter().enumerate() {
             for (e, entry) in job.entries.iter().enumerate() {
@@ -90,7 +94,7 @@ impl Replication {
         }
         // A Redis Cluster takes one group per call (one slot); one Redis
         // takes the whole batch in one call, every group a section of it.
-        let calls: Vec<&[(u64, Vec<(usize, usize)>)]> = if self.cluster.load(Ordering::Relaxed) {
+        let calls: Vec<&[Section]> = if self.cluster.load(Ordering::Relaxed) {
             groups.chunks(1).collect()
         } else {
             vec![&groups[..]]
