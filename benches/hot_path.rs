@@ -179,7 +179,7 @@ fn fanout_deliver(c: &mut Criterion) {
                         let (pushed, wake) =
                             m.sub
                                 .outbox
-                                .push_deferred(frame.clone(), Some(received_at), conflation_key);
+                                .push_deferred(&frame, Some(received_at), conflation_key);
                         debug_assert_eq!(pushed, Push::Queued);
                         if wake {
                             wakes.push(m.sub.outbox.clone());

@@ -61,7 +61,7 @@ pub struct Config {
     /// permessage-deflate is agreed with subscribers that offer it.
     pub compression: bool,
     /// Payloads shorter than this go uncompressed on a deflate socket.
-    pub compression_min_bytes: u32,
+    pub compression_min_bytes: u16,
     pub jwt_secret: String,
     pub api_keys: Vec<String>,
     pub allowed_origins: Vec<String>,
@@ -134,8 +134,9 @@ impl Config {
             }
         };
         let compression_min_bytes = pick(&o.compression_min_bytes, raw.server.compression_min_bytes, 256);
-        let compression_min_bytes = u32::try_from(compression_min_bytes)
-            .map_err(|_| invalid("server.compression_min_bytes", "must be below 4 GiB"))?;
+        // At most 64 KiB - 1: kept in two bytes of every connection's outbox.
+        let compression_min_bytes = u16::try_from(compression_min_bytes)
+            .map_err(|_| invalid("server.compression_min_bytes", "must be at most 65535"))?;
         let jwt_secret = pick(&o.jwt_secret, raw.auth.jwt_secret, DEV_JWT_SECRET.into());
         if jwt_secret.len() < 16 {
             return Err(invalid("auth.jwt_secret", "must be at least 16 bytes"));

@@ -322,7 +322,9 @@ async fn serve_open(link: &mut Link, l: &Loop<'_>, reader: &mut impl Reader) -> 
                 }
             }
             Incoming::Message(Message::Binary(data)) => {
-                if let Some(reason) = reader.on_binary(&data).await {
+                // Boxed like `on_text`: a MessagePack command is acted on
+                // like a text one, a future that idle tasks need not carry.
+                if let Some(reason) = Box::pin(reader.on_binary(&data)).await {
                     l.outbox.close(reason);
                 }
             }

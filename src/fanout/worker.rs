@@ -288,7 +288,7 @@ pub(super) fn push_one(
     wakes: &mut Vec<Arc<Outbox>>,
     metrics: &Metrics,
 ) {
-    let (pushed, wake) = m.sub.outbox.push_deferred(frame.clone(), Some(received_at), key);
+    let (pushed, wake) = m.sub.outbox.push_deferred(frame, Some(received_at), key);
     match pushed {
         Push::Overflowed => metrics.slow_consumer_cut(),
         Push::Conflated(n) => metrics.conflated(n as u64),

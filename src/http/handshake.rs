@@ -126,17 +126,12 @@ fn offered_deflate(headers: &HeaderMap) -> Option<deflate::Agreed> {
 }
 
 /// How a socket's frames are sent, from what its handshake asked and agreed.
-fn encoding_for(format: Format, agreed: Option<&deflate::Agreed>, min_bytes: u32) -> Encoding {
+fn encoding_for(format: Format, agreed: Option<&deflate::Agreed>, min_bytes: u16) -> Encoding {
     Encoding {
         format,
         deflate: agreed.map(|a| Deflate {
             min_bytes,
-            // With the full window any payload inflates on the other side;
-            // with a smaller one, only payloads that fit in it.
-            max_bytes: match a.server_window_bits {
-                15.. => u32::MAX,
-                bits => 1 << bits,
-            },
+            window_bits: a.server_window_bits,
         }),
     }
 }

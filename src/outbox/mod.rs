@@ -267,7 +267,7 @@ impl Outbox {
 
     /// [`Outbox::push`] with a conflation key.
     pub fn push_keyed(&self, frame: Frame, received_at: Option<Instant>, key: Option<ConflationKey>) -> Push {
-        let (result, wake) = self.push_deferred(frame, received_at, key);
+        let (result, wake) = self.push_deferred(&frame, received_at, key);
         if wake {
             self.wake();
         }
@@ -276,9 +276,12 @@ impl Outbox {
 
     /// Queues a frame without waking the writer; the `bool` says a wake is
     /// owed (the queue was empty), for a caller that wakes once per batch.
+    /// Borrowed: what is queued is the form this socket takes (a reference
+    /// count on its bytes), so fanout need not clone the frame's own handle
+    /// per delivery.
     pub fn push_deferred(
         &self,
-        frame: Frame,
+        frame: &Frame,
         received_at: Option<Instant>,
         key: Option<ConflationKey>,
     ) -> (Push, bool) {

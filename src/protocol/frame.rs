@@ -85,15 +85,27 @@ impl Format {
 }
 
 /// Which payloads go compressed on a socket with permessage-deflate.
+/// Small (4 bytes), because every connection's outbox keeps one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deflate {
     /// Smaller payloads go as they are (RSV1 clear, as RFC 7692 allows):
     /// compressing a few dozen bytes saves nothing.
-    pub min_bytes: u32,
-    /// Larger ones go as they are too: a client that limits the server's
-    /// window (`server_max_window_bits`) can inflate a payload compressed
-    /// with the full window only when the payload fits in its window.
-    pub max_bytes: u32,
+    pub min_bytes: u16,
+    /// The window the client allows the server (`server_max_window_bits`,
+    /// 8 to 15). Below 15, larger payloads go as they are too: the
+    /// compressor always uses the full window, and a client that limits it
+    /// can inflate such a payload only when it fits in its window.
+    pub window_bits: u8,
+}
+
+impl Deflate {
+    /// The largest payload sent compressed.
+    fn max_bytes(self) -> usize {
+        match self.window_bits {
+            15.. => usize::MAX,
+            bits => 1 << bits,
+        }
+    }
 }
 
 /// One encoded message, shared by every subscriber that gets it.
@@ -136,6 +148,7 @@ impl Frame {
     }
 
     /// The JSON text's bytes (a reference count, no copy).
+    #[inline]
     pub fn json_bytes(&self) -> Bytes {
         Bytes::from(self.0.json.clone())
     }
@@ -171,8 +184,17 @@ impl Frame {
 
     /// What a socket with `encoding` is sent: the payload, the first byte
     /// of its frame header (FIN, RSV1, opcode) and the payload's length
-    /// before compression.
+    /// before compression. Inlined for the plain JSON socket, the common
+    /// case on the path of every delivery.
+    #[inline]
     pub fn for_wire(&self, encoding: Encoding) -> (Bytes, u8, usize) {
+        if encoding == Encoding::default() {
+            return (self.json_bytes(), TEXT_HEAD, self.0.json.len());
+        }
+        self.other_form(encoding)
+    }
+
+    fn other_form(&self, encoding: Encoding) -> (Bytes, u8, usize) {
         let (plain, head) = match encoding.format {
             Format::MsgPack => match self.msgpack() {
                 Some(m) => (m.clone(), BINARY_HEAD),
@@ -182,7 +204,7 @@ impl Frame {
         };
         let len = plain.len();
         if let Some(d) = encoding.deflate {
-            if len >= d.min_bytes as usize && len <= d.max_bytes as usize {
+            if len >= usize::from(d.min_bytes) && len <= d.max_bytes() {
                 let packed = match head {
                     BINARY_HEAD => self.deflated_msgpack(&plain),
                     _ => self.deflated_json(),
@@ -277,7 +299,7 @@ mod tests {
         format: Format::Json,
         deflate: Some(Deflate {
             min_bytes: 64,
-            max_bytes: u32::MAX,
+            window_bits: 15,
         }),
     };
 
@@ -313,7 +335,7 @@ mod tests {
             format: Format::Json,
             deflate: Some(Deflate {
                 min_bytes: 64,
-                max_bytes: 1024,
+                window_bits: 10,
             }),
         };
         assert_eq!(big.for_wire(window).1, TEXT_HEAD);
@@ -322,7 +344,7 @@ mod tests {
             format: Format::Json,
             deflate: Some(Deflate {
                 min_bytes: 0,
-                max_bytes: u32::MAX,
+                window_bits: 15,
             }),
         };
         let (bytes, head, _) = Frame::from("abcdefghij").for_wire(tiny);
