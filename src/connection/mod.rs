@@ -13,6 +13,7 @@ mod inflate;
 mod ingest;
 pub mod session;
 mod socket;
+mod subscriptions;
 pub mod sweep;
 
 use std::net::SocketAddr;

@@ -28,6 +28,8 @@ use crate::protocol::{Endpoint, ErrorCode, ProtocolError, StreamKey, Streams};
 use crate::registry::{SignalFilter, Subscriber};
 use crate::replication::Replication;
 
+use super::subscriptions::Subscriptions;
+
 /// What acting on a command asks of the connection, in order.
 pub enum Effect {
     /// A frame for this client.
@@ -65,57 +67,6 @@ pub struct SessionLimits {
     pub command_burst: u32,
     /// Refused commands in a row before the close (1008).
     pub rate_limit_strikes: u32,
-}
-
-/// The symbols a session is subscribed to, sorted. A connection usually
-/// has a few, and a vector grown one place at a time holds one symbol in
-/// 16 bytes where a hash set's table took 96, in every idle connection;
-/// at most `max_subscriptions` of them, so a lookup is a binary search and
-/// an insert a short move.
-#[derive(Debug, Default)]
-struct Subscriptions(Vec<Arc<str>>);
-
-impl Subscriptions {
-    fn find(&self, symbol: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|s| (**s).cmp(symbol))
-    }
-
-    fn contains(&self, symbol: &str) -> bool {
-        self.find(symbol).is_ok()
-    }
-
-    /// Adds `symbol`; false when it was there already.
-    fn insert(&mut self, symbol: Arc<str>) -> bool {
-        let Err(at) = self.find(&symbol) else {
-            return false;
-        };
-        if self.0.len() == self.0.capacity() {
-            // Doubling from one place, not from Vec's first four.
-            self.0.reserve_exact(self.0.len().max(1));
-        }
-        self.0.insert(at, symbol);
-        true
-    }
-
-    /// Removes `symbol`; false when it was not there.
-    fn remove(&mut self, symbol: &str) -> bool {
-        let Ok(at) = self.find(symbol) else {
-            return false;
-        };
-        self.0.remove(at);
-        if self.0.is_empty() {
-            self.0 = Vec::new();
-        }
-        true
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn iter(&self) -> std::slice::Iter<'_, Arc<str>> {
-        self.0.iter()
-    }
 }
 
 /// The command rate limit of one connection.
