@@ -35,7 +35,9 @@ impl Reader for Echo {
 /// Echoes until the client closes, a read fails, or the node shuts down.
 pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
     let outbox = Arc::new(
-        Outbox::new(ctx.config.outbound_queue_frames.get(), Overflow::Close).with_encoding(accepted.encoding),
+        Outbox::new(ctx.config.outbound_queue_frames.get(), Overflow::Close)
+            .with_max_bytes(ctx.config.outbound_queue_bytes.get())
+            .with_encoding(accepted.encoding),
     );
     let mut echo = Echo {
         outbox: outbox.clone(),

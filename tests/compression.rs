@@ -114,9 +114,30 @@ async fn a_compression_bomb_closes_with_1009_while_others_are_served() {
     s.publish_ok(big_update("BTC-USD", 1)).await;
     assert_eq!(bystander.recv_type("market_update").await["seq"], 1);
     assert_eq!(other.recv_type("market_update").await.0["seq"], 1);
+    // A message of nearly the limit that compression cannot shrink (so its
+    // compressed form is a little longer than itself) is still taken.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: String = (0..65_400)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect();
+    let near = format!(r#"{{"type":"ping","id":"n","pad":"{noise}"}}"#);
+    assert!(near.len() < 64 * 1024);
+    other
+        .send_frame(
+            0x80 | RSV1 | 1,
+            &tickwire::protocol::deflate::compress(near.as_bytes()),
+        )
+        .await;
+    assert_eq!(other.recv_type("pong").await.0["id"], "n");
     // A compressed frame already over the limit on the wire is refused too.
     let mut big = deflate_market(s.addr, "eve", "BTC-USD").await;
-    big.send_frame(0x80 | RSV1 | 1, &vec![0u8; 70 * 1024]).await;
+    big.send_frame(0x80 | RSV1 | 1, &vec![0u8; 70 * 1024 + 70 * 64])
+        .await;
     assert_eq!(big.close_code().await, Some(1009));
 }
 
