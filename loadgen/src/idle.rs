@@ -1,5 +1,5 @@
 //! `loadgen idle`: what an idle subscribed connection costs the server.
-//! Opens N market-data connections (one symbol each, round-robin), spread
+//! Opens N connections (market-data by default, one symbol each, round-robin; `--endpoint` for the others and protocol 1.1's `/ws/stream/`), spread
 //! over source addresses 127.0.0.1, 127.0.0.2, ... so that each address's
 //! ephemeral ports suffice; then reads the server's RSS and the kernel's TCP
 //! memory against the figures from before, holds the connections idle for
@@ -66,6 +66,21 @@ pub struct IdleArgs {
     /// Write a JSON summary to this file (`-` for stdout)
     #[arg(long)]
     json: Option<String>,
+    /// Which socket each connection is: `market-data` (subscribed to one
+    /// symbol), `trading-signals`, `notifications`, or `stream` (protocol
+    /// 1.1's one socket carrying all three, subscribed to one symbol)
+    #[arg(long, value_enum, default_value_t = IdleEndpoint::MarketData)]
+    endpoint: IdleEndpoint,
+}
+
+/// The socket `loadgen idle` opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdleEndpoint {
+    MarketData,
+    TradingSignals,
+    Notifications,
+    Stream,
 }
 
 /// How one connection's opening went.
@@ -79,6 +94,7 @@ enum Outcome {
 #[derive(Debug, Serialize)]
 pub struct IdleSummary {
     url: String,
+    endpoint: IdleEndpoint,
     requested: u32,
     connected: u64,
     failed: u64,
@@ -163,6 +179,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             stop_rx.clone(),
             Arc::clone(&closed_by_server),
         );
+        let endpoint = args.endpoint;
         handles.push(tokio::spawn(async move {
             let opened = {
                 // The semaphore is never closed, so acquiring cannot fail.
@@ -180,10 +197,16 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
                         symbols: None,
                     },
                 );
-                let path = format!("/ws/market-data/?token={token}");
+                let role = match endpoint {
+                    IdleEndpoint::MarketData => Role::Market { symbol },
+                    IdleEndpoint::TradingSignals => Role::Signals,
+                    IdleEndpoint::Notifications => Role::Notifications,
+                    IdleEndpoint::Stream => Role::Stream { symbol },
+                };
+                let path = format!("{}?token={token}", role.path());
                 Subscriber::open(
                     &subscriber_request(&target, &path, bind, IDLE_READ_BUFFER),
-                    &Role::Market { symbol },
+                    &role,
                     &run,
                     OPEN_TIMEOUT,
                 )
@@ -287,6 +310,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         |before: u64, after: u64| (connected > 0).then(|| (after as f64 - before as f64) / connected as f64);
     let summary = IdleSummary {
         url: args.url.clone(),
+        endpoint: args.endpoint,
         requested: args.connections,
         connected,
         failed,

@@ -37,6 +37,9 @@ pub enum Role {
     Signals,
     /// `/ws/notifications/` of one user (the token's `sub`).
     Notifications,
+    /// `/ws/stream/` carrying all three kinds (protocol 1.1), subscribed
+    /// to one symbol: what one multiplexed page socket holds.
+    Stream { symbol: String },
 }
 
 impl Role {
@@ -45,6 +48,7 @@ impl Role {
             Role::Market { .. } => "/ws/market-data/",
             Role::Signals => "/ws/trading-signals/",
             Role::Notifications => "/ws/notifications/",
+            Role::Stream { .. } => "/ws/stream/",
         }
     }
 
@@ -65,7 +69,7 @@ impl Role {
     /// pong shows that the server has registered the connection.
     fn handshake(&self) -> (String, &'static [u8]) {
         match self {
-            Role::Market { symbol } => (
+            Role::Market { symbol } | Role::Stream { symbol } => (
                 format!(r#"{{"type":"subscribe","symbols":["{symbol}"],"id":1}}"#),
                 b"subscribed",
             ),
