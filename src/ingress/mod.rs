@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::protocol::update::{decode_batch, Update};
 use crate::protocol::{ErrorCode, ProtocolError, SignalType, UpdateKind};
 use crate::replication::idempotency::{self, Begin, Memory, Record, RequestKey, Sent};
-use crate::replication::Replication;
+use crate::replication::{Replication, ReplicationError};
 
 /// Signals whose state is remembered; past this, the oldest tenth is
 /// forgotten in one pass (an update to a forgotten signal is refused like
@@ -323,15 +323,8 @@ impl Ingress {
         let places: Vec<(usize, UpdateKind)> = valid.iter().map(|n| (n.index, n.update.kind)).collect();
         if valid.iter().all(|n| n.id.is_none()) {
             let updates = valid.into_iter().map(|n| n.update).collect();
-            match replication.publish(updates, claim, received_micros).await {
-                Ok(results) => {
-                    for ((index, kind), result) in places.into_iter().zip(results) {
-                        count_result(&self.metrics, outcome, index, Some(kind), result);
-                    }
-                }
-                Err(e) if e.outcome_unknown() => outcome.unknown = places.len(),
-                Err(_) => outcome.unavailable = places.len(),
-            }
+            let answer = replication.publish(updates, claim, received_micros).await;
+            count_answer(&self.metrics, outcome, places, answer);
             return;
         }
         let named = valid.into_iter().map(|n| (n.update, n.id)).collect();
@@ -433,6 +426,25 @@ fn count_result(
         if let Some(kind) = kind {
             metrics.published(kind);
         }
+    }
+}
+
+/// Redis's answer to unnamed entries at `places` (index in the body,
+/// kind): each entry's result, or what a failure means for all of them.
+fn count_answer(
+    metrics: &Metrics,
+    outcome: &mut Outcome,
+    places: Vec<(usize, UpdateKind)>,
+    answer: Result<Vec<i64>, ReplicationError>,
+) {
+    match answer {
+        Ok(results) => {
+            for ((index, kind), result) in places.into_iter().zip(results) {
+                count_result(metrics, outcome, index, Some(kind), result);
+            }
+        }
+        Err(e) if e.outcome_unknown() => outcome.unknown = places.len(),
+        Err(_) => outcome.unavailable = places.len(),
     }
 }
 

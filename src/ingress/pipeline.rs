@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{count_result, outcome, settled, Ingress, Validated};
+use super::{count_answer, outcome, settled, Ingress, Validated};
 use crate::protocol::encode::Frame;
 use crate::protocol::UpdateKind;
 
@@ -33,10 +33,10 @@ pub enum Submission {
     Alone(Box<Deferred>),
 }
 
-/// A frame with named entries, waiting for its turn.
+/// A frame with named entries, waiting for its turn (its rate budget is
+/// spent already).
 pub struct Deferred {
     body: Vec<u8>,
-    publisher: Option<usize>,
 }
 
 impl Ingress {
@@ -59,11 +59,7 @@ impl Ingress {
             Err(e) => return Submission::Done(vec![outcome::ws_refusal(&e)]),
         };
         if valid.iter().any(|n| n.id.is_some()) {
-            // Its budget is spent: published with none taken again.
-            return Submission::Alone(Box::new(Deferred {
-                body: body.to_vec(),
-                publisher: None,
-            }));
+            return Submission::Alone(Box::new(Deferred { body: body.to_vec() }));
         }
         let places: Vec<(usize, UpdateKind)> = valid.iter().map(|n| (n.index, n.update.kind)).collect();
         if places.is_empty() {
@@ -72,29 +68,22 @@ impl Ingress {
         let updates = valid.into_iter().map(|n| n.update).collect();
         let answer = match replication.enqueue(updates, None, received_micros).await {
             Ok(answer) => answer,
-            Err(_) => {
-                outcome.unavailable = places.len();
+            Err(e) => {
+                count_answer(&self.metrics, &mut outcome, places, Err(e));
                 return Submission::Done(settled(outcome, &self.metrics).ws_answers());
             }
         };
         let metrics = self.metrics.clone();
         Submission::Queued(Box::pin(async move {
-            match answer.await {
-                Ok(results) => {
-                    for ((index, kind), result) in places.into_iter().zip(results) {
-                        count_result(&metrics, &mut outcome, index, Some(kind), result);
-                    }
-                }
-                Err(e) if e.outcome_unknown() => outcome.unknown = places.len(),
-                Err(_) => outcome.unavailable = places.len(),
-            }
+            count_answer(&metrics, &mut outcome, places, answer.await);
             settled(outcome, &metrics).ws_answers()
         }))
     }
 
     /// Publishes a frame that had to wait for its turn.
     pub async fn publish_alone(&self, deferred: Deferred) -> Vec<Frame> {
-        self.frame_answers(&deferred.body, deferred.publisher).await
+        // No key: its budget was taken when it was submitted.
+        self.frame_answers(&deferred.body, None).await
     }
 
     async fn frame_answers(&self, body: &[u8], publisher: Option<usize>) -> Vec<Frame> {

@@ -109,15 +109,9 @@ pub fn encode_meta(meta: &EntryMeta) -> String {
 
 pub fn decode_meta(s: &str) -> EntryMeta {
     let mut parts = s.splitn(3, '\n');
-    let name = |p: Option<&str>| p.filter(|s| !s.is_empty()).map(Arc::from);
-    let symbol = name(parts.next());
-    let signal_type = parts.next().and_then(SignalType::from_wire);
-    let notification_key = name(parts.next());
-    EntryMeta {
-        symbol,
-        signal_type,
-        notification_key,
-    }
+    let mut next = || parts.next().unwrap_or("");
+    let (symbol, signal_type, key) = (next(), next(), next());
+    meta_of(symbol, signal_type, key)
 }
 
 /// One update as Redis sequenced it.
