@@ -55,6 +55,27 @@ struct Case {
     name: &'static str,
     frames_per_write: usize,
     paced: bool,
+    /// Each frame as two slices (a 4-byte header and the payload) in one
+    /// `writev`, the way tickwire writes (`outbox::writer`), instead of
+    /// one buffer in one `write`.
+    vectored: bool,
+}
+
+/// `buf` as `frames` frames of a 4-byte header and its payload each, in one
+/// `writev` (the socket is blocking, so it takes everything at once).
+fn write_vectored(w: &mut TcpStream, buf: &[u8], frames: usize) {
+    let frame = buf.len() / frames;
+    let mut slices = Vec::with_capacity(2 * frames);
+    for f in buf.chunks(frame) {
+        slices.push(std::io::IoSlice::new(&f[..4]));
+        slices.push(std::io::IoSlice::new(&f[4..]));
+    }
+    let n = w.write_vectored(&slices).expect("loopback writev");
+    assert_eq!(
+        n,
+        buf.len(),
+        "a blocking writev of a few hundred bytes takes them all"
+    );
 }
 
 fn main() {
@@ -112,21 +133,31 @@ fn main() {
             name: "paced_1_frame_per_write",
             frames_per_write: 1,
             paced: true,
+            vectored: false,
+        },
+        Case {
+            name: "paced_1_frame_per_writev",
+            frames_per_write: 1,
+            paced: true,
+            vectored: true,
         },
         Case {
             name: "flat_out_1_frame_per_write",
             frames_per_write: 1,
             paced: false,
+            vectored: false,
         },
         Case {
             name: "flat_out_8_frames_per_write",
             frames_per_write: 8,
             paced: false,
+            vectored: false,
         },
         Case {
             name: "flat_out_32_frames_per_write",
             frames_per_write: 32,
             paced: false,
+            vectored: false,
         },
     ];
     println!("write floor: {sockets} loopback sockets, {FRAME_BYTES}-byte frames, {secs} s per case");
@@ -146,7 +177,11 @@ fn main() {
         let mut next_round = started;
         while started.elapsed() < Duration::from_secs(secs) {
             for w in writers.iter_mut() {
-                w.write_all(&buf).expect("loopback write");
+                if case.vectored {
+                    write_vectored(w, &buf, case.frames_per_write);
+                } else {
+                    w.write_all(&buf).expect("loopback write");
+                }
                 writes += 1;
             }
             if case.paced {
