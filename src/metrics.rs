@@ -27,14 +27,43 @@ impl Default for LatencyHistogram {
 
 impl LatencyHistogram {
     pub fn record(&self, d: Duration) {
-        let us = (d.as_micros() as u64).clamp(1, 60_000_000);
+        let us = micros(d);
         let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // Saturating record never fails for values within bounds.
         h.saturating_record(us);
     }
 
+    /// Records every sample gathered by a [`Samples`] and empties it, with
+    /// one lock for all of them: a fanout worker records once per delivery
+    /// and would otherwise take this lock (which the other workers and the
+    /// connections' tasks share) for each.
+    pub fn record_all(&self, samples: &mut Samples) {
+        if samples.0.is_empty() {
+            return;
+        }
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for us in samples.0.drain(..) {
+            h.saturating_record(us);
+        }
+    }
+
     fn snapshot(&self) -> Histogram<u64> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, 60_000_000)
+}
+
+/// Latencies gathered by one thread for a [`LatencyHistogram`], recorded
+/// together by [`LatencyHistogram::record_all`].
+#[derive(Default)]
+pub struct Samples(Vec<u64>);
+
+impl Samples {
+    pub fn push(&mut self, d: Duration) {
+        self.0.push(micros(d));
     }
 }
 

@@ -49,7 +49,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::SymbolAccess;
 use crate::history::EntryMeta;
-use crate::metrics::{FanoutGauges, Metrics};
+use crate::metrics::{FanoutGauges, Metrics, Samples};
 use crate::protocol::encode::Frame;
 use crate::protocol::update::Update;
 use crate::protocol::{Seq, StreamKey, UpdateKind};
@@ -267,6 +267,8 @@ impl Fanout {
                 metrics: metrics.clone(),
                 config: config.clone(),
                 wakes: Vec::new(),
+                to_enqueue: Samples::default(),
+                to_write: Samples::default(),
                 timers: BinaryHeap::new(),
                 backlog: backlog.clone(),
             };

@@ -12,7 +12,7 @@ use crossbeam::sync::Parker;
 use dashmap::DashMap;
 
 use crate::history::History;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Samples};
 use crate::outbox::{ConflationKey, Outbox, Push};
 use crate::protocol::encode::{self, Frame};
 use crate::protocol::{Seq, StreamKey, UpdateKind};
@@ -52,6 +52,9 @@ pub(super) struct Worker {
     /// update, earliest first.
     pub(super) timers: BinaryHeap<Reverse<ThrottleTimer>>,
     pub(super) backlog: Arc<Backlog>,
+    /// This batch's latencies, recorded once per batch (`flush_wakes`).
+    pub(super) to_enqueue: Samples,
+    pub(super) to_write: Samples,
 }
 
 impl Worker {
@@ -155,7 +158,7 @@ impl Worker {
                     binary += wrote.binary_messages;
                     turns += u64::from(wrote.messages > 0);
                     if let Some(t) = wrote.oldest {
-                        self.metrics.publish_to_write.record(t.elapsed());
+                        self.to_write.push(t.elapsed());
                     }
                     if wrote.done {
                         continue;
@@ -167,6 +170,8 @@ impl Worker {
         if messages > 0 {
             self.metrics.wrote(messages, bytes, plain_bytes, binary, turns);
         }
+        self.metrics.publish_to_write.record_all(&mut self.to_write);
+        self.metrics.publish_to_enqueue.record_all(&mut self.to_enqueue);
     }
 
     pub(super) fn stream(&mut self, key: &StreamKey) -> &mut StreamState {
@@ -259,7 +264,7 @@ impl Worker {
                 deliver(subs, seq, &frame, received_at, &mut self.wakes, &self.metrics);
             }
         }
-        self.metrics.publish_to_enqueue.record(received_at.elapsed());
+        self.to_enqueue.push(received_at.elapsed());
     }
 }
 
