@@ -154,10 +154,95 @@ impl<U, C> Ring<U, C> {
     }
 }
 
+/// Pushes to one or several rings, waking each worker once, when the
+/// batch is done (dropped, or [`Batch::wake`]), rather than on every push:
+/// what one publish (or one relay from Redis) brought is then taken by
+/// each worker as one batch, so that a subscriber's frames of it share a
+/// write and the worker is woken once, not once per entry. A full ring
+/// wakes everything touched so far before waiting for room, so no worker
+/// sits on entries while the publisher waits.
+pub struct Batch<'r, U, C> {
+    touched: Vec<&'r Ring<U, C>>,
+}
+
+impl<'r, U, C> Batch<'r, U, C> {
+    pub fn new() -> Self {
+        Batch { touched: Vec::new() }
+    }
+
+    /// Pushes an update, waiting up to `patience` for room as
+    /// [`Ring::push`] does.
+    pub async fn push(
+        &mut self,
+        ring: &'r Ring<U, C>,
+        update: U,
+        patience: Duration,
+    ) -> Result<(), RingFull<U>> {
+        match ring.try_push_quiet(update) {
+            Ok(()) => {
+                if !self.touched.iter().any(|r| std::ptr::eq(*r, ring)) {
+                    self.touched.push(ring);
+                }
+                Ok(())
+            }
+            Err(update) => {
+                self.wake();
+                ring.push(update, patience).await
+            }
+        }
+    }
+
+    /// Wakes the workers of every ring pushed to since the last wake.
+    pub fn wake(&mut self) {
+        self.touched.drain(..).for_each(Ring::wake);
+    }
+}
+
+impl<U, C> Default for Batch<'_, U, C> {
+    fn default() -> Self {
+        Batch::new()
+    }
+}
+
+impl<U, C> Drop for Batch<'_, U, C> {
+    /// A batch given up half way (an error, a cancelled publish) still
+    /// wakes its workers for what it pushed.
+    fn drop(&mut self) {
+        self.wake();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// What a batch pushed quietly reaches its worker, woken when the
+    /// batch is done: a missing wake would leave the worker parked for the
+    /// whole 30 s and the entries unread.
+    #[tokio::test]
+    async fn a_batch_wakes_its_worker_once_it_is_done() {
+        let (ring, parker) = Ring::<u32, ()>::new(8);
+        let ring = Arc::new(ring);
+        let worker = {
+            let ring = ring.clone();
+            std::thread::spawn(move || {
+                let parked = std::time::Instant::now();
+                parker.park_timeout(Duration::from_secs(30));
+                let got: Vec<u32> = std::iter::from_fn(|| ring.pop_update()).collect();
+                (parked.elapsed(), got)
+            })
+        };
+        {
+            let mut batch = Batch::new();
+            for i in 0..3 {
+                batch.push(&ring, i, Duration::from_secs(1)).await.unwrap();
+            }
+        }
+        let (waited, got) = worker.join().unwrap();
+        assert_eq!(got, [0, 1, 2]);
+        assert!(waited < Duration::from_secs(20), "the worker was not woken");
+    }
 
     #[tokio::test]
     async fn order_is_kept_across_wrap_around() {

@@ -34,6 +34,7 @@ use crate::protocol::update::{decode_batch, Update};
 use crate::protocol::{ErrorCode, ProtocolError, SignalType, UpdateKind};
 use crate::replication::idempotency::{self, Begin, Memory, Record, RequestKey, Sent};
 use crate::replication::{Replication, ReplicationError};
+use crate::ring;
 
 /// Signals whose state is remembered; past this, the oldest tenth is
 /// forgotten in one pass (an update to a forgotten signal is refused like
@@ -231,6 +232,9 @@ impl Ingress {
                 }
             }
         }
+        // Each shard's worker is woken once, for all of this publish's
+        // entries it got (when `rings` is dropped).
+        let mut rings = ring::Batch::new();
         for Named { index, update, id } in valid {
             let pending = match id.as_deref().map(|id| self.memory.begin(id, Instant::now())) {
                 None => None,
@@ -260,8 +264,8 @@ impl Ingress {
             };
             let kind = update.kind;
             let ring = self.fanout.shard_for(&update.stream);
-            match ring
-                .push(Inbound::fresh(update, received_at), self.patience)
+            match rings
+                .push(ring, Inbound::fresh(update, received_at), self.patience)
                 .await
             {
                 Ok(()) => {
