@@ -4,9 +4,10 @@
 //! writing directly when its ring is empty) holds the outbox's writer
 //! lock, which no pusher ever takes, so a `writev` never blocks anyone
 //! who only queues frames (see [`super::Outbox::write_out`] for the lock
-//! order). Frames leave with one `writev` per batch, each 2–10-byte
-//! header built on the stack and pointing at the shared frame bytes (no
-//! copy into a write buffer).
+//! order). Frames leave with one system call per batch: up to 4 KiB
+//! copied into one buffer and sent with `send`, a larger batch as a
+//! `writev` of each 2–10-byte header built on the stack and the shared
+//! frame bytes (see [`write_batch`]).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
