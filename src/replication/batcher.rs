@@ -33,8 +33,7 @@ impl Replication {
     /// The first arguments of the once-only publishing script
     /// (publish_once.lua, which hands them on to publish.lua as one
     /// section): the group's prefix and channel, the publish command, the
-    /// history and unread bounds, and how many entries follow (the
-    /// all-groups channel comes last, after the records' lifetime).
+    /// history and unread bounds, and how many entries follow.
     pub(super) fn script_head(&self, inv: &mut redis::ScriptInvocation<'_>, group: u64, entries: usize) {
         inv.arg(layout::prefix(group))
             .arg(layout::channel(group))
@@ -106,8 +105,7 @@ impl Replication {
             inv.arg(self.publish_command())
                 .arg(self.history_messages)
                 .arg(self.max_unread)
-                .arg(sections.len())
-                .arg(self.all_channel());
+                .arg(sections.len());
             for (group, places) in sections.iter() {
                 inv.arg(layout::prefix(*group))
                     .arg(layout::channel(*group))

@@ -190,7 +190,7 @@ impl Replication {
             for i in places {
                 inv.arg(named[*i].1.as_str());
             }
-            inv.arg(ttl.as_str()).arg(self.all_channel());
+            inv.arg(ttl.as_str());
             async move { conn.script::<Vec<i64>>(&inv).await }
         });
         let replies = join_all(calls).await;

@@ -17,7 +17,6 @@
 //! | `tw:{gN}:known:<user>` | sorted set | notification keys of the window, read or not |
 //! | `tw:{gN}:claim:<id>` | string, 20 s | an ingest message some node took |
 //! | `tw:{gN}:ev` | channel | the group's envelopes |
-//! | `tw:all:ev` | channel | every group's envelopes of a script call, one message (one Redis only) |
 //!
 //! Stream ids: `s:<symbol>`, `sig` (all signals), `u:<user>`.
 
@@ -72,12 +71,6 @@ pub fn prefix(group: u64) -> String {
 pub fn channel(group: u64) -> String {
     format!("{}ev", prefix(group))
 }
-
-/// The channel that carries, on one Redis (not a Redis Cluster), every
-/// group's envelopes of one script call as one `v3` message, for nodes
-/// that listen to most groups: one message per batch instead of one per
-/// group. The group channels carry the same envelopes too.
-pub const ALL_CHANNEL: &str = "tw:all:ev";
 
 pub fn group_of_channel(channel: &[u8]) -> Option<u64> {
     let rest = channel.strip_prefix(b"tw:{g")?;
@@ -156,59 +149,12 @@ pub enum Envelope<'a> {
         origin: &'a str,
         frame: &'a str,
     },
-    /// A node's heartbeat through this channel; `all`: the node's
-    /// scripts publish to [`ALL_CHANNEL`] too (nodes of 0.1 say nothing).
-    Heartbeat { node: &'a str, micros: u64, all: bool },
+    /// A node's heartbeat through this channel.
+    Heartbeat { node: &'a str, micros: u64 },
 }
 
-/// A heartbeat, saying that this node publishes to [`ALL_CHANNEL`] (in the
-/// symbol field, which nodes of 0.1 ignore in a heartbeat).
 pub fn heartbeat(node: &str, micros: u64) -> String {
-    format!("v1\nh\n{node}\n0\n{micros}\nall\n\n\n")
-}
-
-/// The sections of a `v3` message of [`ALL_CHANNEL`]:
-///
-/// ```text
-/// v3\n<count>\n then <count> times: <group>\n<bytes>\n<the group's envelope>
-/// ```
-///
-/// Each section is the envelope its group's channel carried. `None` for
-/// anything malformed (never panics), or not `v3`.
-pub fn decode_sections(payload: &[u8]) -> Option<Vec<(u64, &[u8])>> {
-    fn number(rest: &mut &[u8]) -> Option<u64> {
-        let end = rest.iter().position(|b| *b == b'\n')?;
-        let n = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
-        *rest = &rest[end + 1..];
-        Some(n)
-    }
-    let mut rest = payload.strip_prefix(b"v3\n")?;
-    let count = number(&mut rest)? as usize;
-    if count > GROUPS as usize * 64 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let group = number(&mut rest)?;
-        let len = number(&mut rest)? as usize;
-        if group >= GROUPS || len > rest.len() {
-            return None;
-        }
-        let (section, after) = rest.split_at(len);
-        rest = after;
-        out.push((group, section));
-    }
-    rest.is_empty().then_some(out)
-}
-
-/// The `v3` message of `sections`, as publish.lua writes it; for tests and
-/// benches.
-pub fn encode_sections(sections: &[(u64, &str)]) -> String {
-    let mut out = format!("v3\n{}\n", sections.len());
-    for (group, s) in sections {
-        out.push_str(&format!("{group}\n{}\n{s}", s.len()));
-    }
-    out
+    format!("v1\nh\n{node}\n0\n{micros}\n\n\n\n")
 }
 
 /// Updates in a `v2` envelope at most; more is taken as malformed.
@@ -234,13 +180,7 @@ pub fn decode_envelope(payload: &str) -> Option<Envelope<'_>> {
     let key = parts.next()?;
     let frame = parts.next()?;
     let kind = match kind {
-        "h" => {
-            return Some(Envelope::Heartbeat {
-                node: sid,
-                micros,
-                all: symbol == "all",
-            })
-        }
+        "h" => return Some(Envelope::Heartbeat { node: sid, micros }),
         "r" => {
             let Some(StreamKey::User(user)) = parse_stream_id(sid) else {
                 return None;
@@ -389,15 +329,9 @@ mod tests {
             decode_envelope(&hb),
             Some(Envelope::Heartbeat {
                 node: "node-1",
-                micros: 5,
-                all: true,
+                micros: 5
             })
         );
-        // What nodes of 0.1 send.
-        assert!(matches!(
-            decode_envelope("v1\nh\nold\n0\n5\n\n\n\n"),
-            Some(Envelope::Heartbeat { all: false, .. })
-        ));
         let r = "v1\nr\nu:alice\n0\n9\nn1/4\n\nnotif_1\n{\"type\":\"notification_read\"}";
         assert!(matches!(
             decode_envelope(r),
@@ -462,26 +396,6 @@ mod tests {
         let bad =
             encode_updates(first).replace(&format!("\n{}\n", first[0].frame.len()), &format!("\n{inside}\n"));
         assert_eq!(decode_envelope(&bad), None);
-    }
-
-    #[test]
-    fn sections_round_trip_and_damage_is_refused_whole() {
-        let a = encode_updates(&sample());
-        let b = heartbeat("n", 1);
-        let text = encode_sections(&[(3, &a), (63, &b)]);
-        let sections = decode_sections(text.as_bytes()).unwrap();
-        assert_eq!(sections, vec![(3, a.as_bytes()), (63, b.as_bytes())]);
-        assert_eq!(decode_sections(b"v3\n0\n"), Some(vec![]));
-        for end in 0..text.len() {
-            assert_eq!(decode_sections(&text.as_bytes()[..end]), None, "cut at {end}");
-        }
-        assert_eq!(decode_sections(format!("{text}x").as_bytes()), None);
-        assert_eq!(
-            decode_sections(encode_sections(&[(64, "v2\n0\n")]).as_bytes()),
-            None
-        );
-        assert_eq!(decode_sections(b"v3\n1\n1\n99999999999999999999\n"), None);
-        assert_eq!(decode_sections(a.as_bytes()), None);
     }
 
     #[test]

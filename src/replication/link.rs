@@ -112,16 +112,13 @@ impl Replication {
             beats.clear();
             beats.insert(INGEST_BEAT, Instant::now());
         }
-        self.all_active.store(false, Ordering::Relaxed);
         *self.listener.lock().await = Some(Listener {
             conn: listening,
             groups: Default::default(),
-            all: false,
         });
         self.sync_listening().await?;
 
         self.recover(&to.fanout, &conn).await?;
-        *self.up_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.up.store(true, Ordering::Release);
         to.metrics.set_redis_connected(true);
         tracing::info!(url = %crate::config::redacted_url(&self.url), cluster, node = %self.node_id, "Redis link up: ready");
@@ -163,44 +160,35 @@ impl Replication {
                         .find(|(_, t)| t.elapsed() > HEARTBEAT_LOST)
                         .map(|(g, _)| *g);
                     if let Some(g) = silent {
-                        let channel = self.channel_of_beat(g);
+                        let channel = if g == INGEST_BEAT { self.ingest_channel.clone() } else { layout::channel(g) };
                         break Err(ReplicationError::NoHeartbeat { channel, after: HEARTBEAT_LOST });
                     }
                     if let Err(e) = self.beat(&conn).await {
-                        break Err(e);
-                    }
-                    // Between the groups' channels and the all-groups one,
-                    // as the node's interest and the nodes heard change.
-                    if let Err(e) = self.sync_listening().await {
                         break Err(e);
                     }
                 }
             }
         };
         *self.listener.lock().await = None;
-        *self.up_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
         result
     }
 
-    fn channel_of_beat(&self, key: u64) -> String {
-        match key {
-            INGEST_BEAT => self.ingest_channel.clone(),
-            ALL_BEAT => layout::ALL_CHANNEL.to_string(),
-            g => layout::channel(g),
-        }
-    }
-
-    /// Counts a message of the channel tracked under `key` as heard now:
-    /// it shows the subscription delivers as well as a heartbeat would.
-    fn heard(&self, key: u64) {
-        if let Some(t) = self.beats.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&key) {
+    /// Counts a message of group `group`'s channel as heard now: it shows
+    /// that the subscription delivers as well as a heartbeat would.
+    fn heard(&self, group: u64) {
+        if let Some(t) = self
+            .beats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&group)
+        {
             *t = Instant::now();
         }
     }
 
     /// Sends a heartbeat through the ingest channel, and through every
-    /// channel listened to that carried nothing for half a heartbeat
-    /// period (a busy channel needs none).
+    /// group channel listened to that carried nothing for half a heartbeat
+    /// period: a busy channel needs none.
     pub(super) async fn beat(&self, conn: &Conn) -> Result<(), ReplicationError> {
         let payload = layout::heartbeat(&self.node_id, layout::now_micros());
         let mut channels: Vec<(String, &'static str)> = self
@@ -209,14 +197,7 @@ impl Replication {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(g, t)| **g != INGEST_BEAT && t.elapsed() >= HEARTBEAT_EVERY / 2)
-            .map(|(g, _)| {
-                let publish = if *g == ALL_BEAT {
-                    "PUBLISH"
-                } else {
-                    self.publish_command()
-                };
-                (self.channel_of_beat(*g), publish)
-            })
+            .map(|(g, _)| (layout::channel(*g), self.publish_command()))
             .collect();
         // Classic pub/sub for the ingest channel, in a Redis Cluster too.
         channels.push((self.ingest_channel.clone(), "PUBLISH"));
@@ -240,19 +221,9 @@ impl Replication {
         push: PushInfo,
         touched: &mut Vec<&'h ShardRing>,
     ) -> Result<(), ReplicationError> {
-        let (channel, payload) = match (&push.kind, push.data.as_slice()) {
+        let (channel, payload) = match (push.kind, push.data.as_slice()) {
             (PushKind::Message | PushKind::SMessage, [channel, payload]) => {
                 (bytes_of(channel), bytes_of(payload))
-            }
-            // The confirmations come in the pushes' order: what follows the
-            // all-groups channel's, up to its end, the groups' channels
-            // carry again on it.
-            (kind @ (PushKind::Subscribe | PushKind::Unsubscribe), [channel, ..])
-                if bytes_of(channel) == Some(layout::ALL_CHANNEL.as_bytes()) =>
-            {
-                let on = *kind == PushKind::Subscribe;
-                self.all_active.store(on, Ordering::Relaxed);
-                return Ok(());
             }
             (PushKind::Disconnection, _) => return Err(ReplicationError::Disconnected),
             _ => return Ok(()),
@@ -260,32 +231,21 @@ impl Replication {
         let (Some(channel), Some(payload)) = (channel, payload) else {
             return Ok(());
         };
-        if channel == layout::ALL_CHANNEL.as_bytes() {
-            self.heard(ALL_BEAT);
-            let Some(sections) = layout::decode_sections(payload) else {
-                // Not sections: a heartbeat.
-                return self.on_group_message(to, ALL_BEAT, payload, touched).await;
-            };
-            let wanted = self.wanted.load(Ordering::Acquire);
-            for (group, section) in sections {
-                if wanted & (1 << group) != 0 {
-                    self.on_group_message(to, group, section, touched).await?;
-                }
-            }
-            return Ok(());
-        }
         let Some(group) = layout::group_of_channel(channel) else {
             if channel == self.ingest_channel.as_bytes() {
-                if let Ok(Some(Envelope::Heartbeat { node: from, all, .. })) =
+                if let Ok(Some(Envelope::Heartbeat { node: from, .. })) =
                     std::str::from_utf8(payload).map(layout::decode_envelope)
                 {
                     if from == &*self.node_id {
-                        self.heard(INGEST_BEAT);
+                        self.beats
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(INGEST_BEAT, Instant::now());
                     }
                     self.nodes
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(from.to_string(), (Instant::now(), all));
+                        .insert(from.to_string(), Instant::now());
                     return Ok(());
                 }
                 // A full queue means ingest is far behind: drop rather than stall fanout.
@@ -295,40 +255,24 @@ impl Replication {
             }
             return Ok(());
         };
-        if self.all_active.load(Ordering::Relaxed) {
-            // The all-groups channel carries it too (or carried it already).
-            return Ok(());
-        }
         self.heard(group);
-        self.on_group_message(to, group, payload, touched).await
-    }
-
-    /// One group's envelope (`group` is `ALL_BEAT` for a heartbeat of the
-    /// all-groups channel).
-    async fn on_group_message<'h>(
-        &self,
-        to: &'h Handles,
-        group: u64,
-        payload: &[u8],
-        touched: &mut Vec<&'h ShardRing>,
-    ) -> Result<(), ReplicationError> {
         let Ok(text) = std::str::from_utf8(payload) else {
             return Ok(());
         };
         match layout::decode_envelope(text) {
-            Some(Envelope::Heartbeat { node: from, all, .. }) => {
+            Some(Envelope::Heartbeat { node: from, .. }) => {
                 self.nodes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(from.to_string(), (Instant::now(), all));
+                    .insert(from.to_string(), Instant::now());
             }
-            Some(Envelope::Updates(updates)) if group != ALL_BEAT => self.relay(to, updates, touched).await?,
+            Some(Envelope::Updates(updates)) => self.relay(to, updates, touched).await?,
             Some(Envelope::Read {
                 user,
                 key,
                 origin,
                 frame,
-            }) if group != ALL_BEAT => {
+            }) => {
                 let skip = origin
                     .strip_prefix(&*self.node_id)
                     .and_then(|rest| rest.strip_prefix('/'))
@@ -345,7 +289,7 @@ impl Replication {
                     },
                 );
             }
-            _ => tracing::debug!("malformed envelope ignored"),
+            None => tracing::debug!("malformed envelope ignored"),
         }
         Ok(())
     }

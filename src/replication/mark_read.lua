@@ -3,18 +3,14 @@
 -- KEYS[1]: the group's channel (for routing). ARGV: prefix, channel,
 -- publish command, user, notification key, the notification_read frame,
 -- origin ("node/connection", whose own connection was answered already),
--- time (µs), the all-groups channel ("" for none), the group. Returns 1,
--- or 0 when the user has no such notification.
-local p, channel, publish, user, key, frame, origin, t, all_channel, group =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+-- time (µs). Returns 1, or 0 when the user has no such notification.
+local p, channel, publish, user, key, frame, origin, t =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 if redis.call('ZREM', p .. 'unread:' .. user, key) == 1 then
   redis.call('HDEL', p .. 'nf:' .. user, key)
 elseif not redis.call('ZSCORE', p .. 'known:' .. user, key) then
   return 0
 end
-local envelope = 'v1\nr\nu:' .. user .. '\n0\n' .. t .. '\n' .. origin .. '\n\n' .. key .. '\n' .. frame
-redis.call(publish, channel, envelope)
-if all_channel ~= '' then
-  redis.call(publish, all_channel, 'v3\n1\n' .. group .. '\n' .. string.format('%d', #envelope) .. '\n' .. envelope)
-end
+redis.call(publish, channel,
+  'v1\nr\nu:' .. user .. '\n0\n' .. t .. '\n' .. origin .. '\n\n' .. key .. '\n' .. frame)
 return 1

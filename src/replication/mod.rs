@@ -16,11 +16,6 @@
 //! checked four times a second from the end of the catch-up: a channel
 //! silent for a second means a wedged subscription, treated as a lost
 //! link.
-//!
-//! On one Redis, a node that needs most groups listens to the all-groups
-//! channel instead of the groups' own (one message per script call instead
-//! of one per group, `layout::ALL_CHANNEL`), once every node it hears
-//! announces that its scripts publish there.
 
 mod batcher;
 mod conn;
@@ -37,7 +32,7 @@ use fetch::bytes_of;
 pub use fetch::frame_seq;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,15 +66,6 @@ const PUSH_QUEUE: usize = 1 << 16;
 /// Messages from Redis relayed to the shards at most before their workers
 /// are woken.
 const RELAY_BATCH: usize = 256;
-/// Wanted groups from which a node listens to the all-groups channel, and
-/// below which it goes back to the groups' own channels.
-const ALL_FROM: usize = (layout::GROUPS / 4) as usize;
-const ALL_UNTIL: usize = (layout::GROUPS / 8) as usize;
-/// How long a node hears the others before it trusts that it knows them
-/// all (they announce themselves four times a second).
-const KNOW_PEERS_AFTER: Duration = Duration::from_secs(1);
-/// How long a node counts as present after its last heartbeat.
-const PEER_GONE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -120,18 +106,14 @@ impl Future for Answer {
     }
 }
 
-/// The connection a node listens on, and the channels it listens to: the
-/// groups' own, and (`all`) the all-groups channel.
+/// The connection a node listens on, and the groups it listens to.
 struct Listener {
     conn: Conn,
     groups: std::collections::HashSet<u64>,
-    all: bool,
 }
 
 /// The key the ingest channel's heartbeat is tracked under.
 const INGEST_BEAT: u64 = u64::MAX;
-/// The key the all-groups channel's heartbeat is tracked under.
-const ALL_BEAT: u64 = u64::MAX - 1;
 
 /// What the link to Redis hands on, and to whom: the fanout shards get
 /// what Redis carries, ingress gets the messages of the ingest channel
@@ -159,22 +141,11 @@ pub struct Replication {
     jobs_rx: Mutex<Option<mpsc::Receiver<Job>>>,
     publish_script: Script,
     mark_read_script: Script,
-    /// Other nodes heard from, by id, for the dashboard: when, and
-    /// whether they publish to the all-groups channel.
-    nodes: Mutex<HashMap<String, (Instant, bool)>>,
+    /// Other nodes heard from, by id, for the dashboard.
+    nodes: Mutex<HashMap<String, Instant>>,
     /// Stream groups some local subscriber needs, with how many need each.
     /// A mutex held to count.
     interest: Mutex<HashMap<u64, usize>>,
-    /// The same groups as bits (bit g: group g), read for each section of
-    /// the all-groups channel. Written under `interest`'s lock.
-    wanted: AtomicU64,
-    /// Whether the pushes taken so far come after the confirmation of the
-    /// all-groups subscription and before its end: then the groups' own
-    /// channels carry nothing the all-groups channel does not, and are
-    /// ignored. Only the link's task uses it (Relaxed).
-    all_active: AtomicBool,
-    /// Since when the current link is up.
-    up_since: Mutex<Option<Instant>>,
     /// The listening connection of the current link and the groups it
     /// listens to; an async mutex so (un)subscribing happens one at a time.
     listener: tokio::sync::Mutex<Option<Listener>>,
@@ -223,9 +194,6 @@ impl Replication {
             nodes: Mutex::new(HashMap::new()),
             epoch: Mutex::new(None),
             interest: Mutex::new(HashMap::new()),
-            wanted: AtomicU64::new(0),
-            all_active: AtomicBool::new(false),
-            up_since: Mutex::new(None),
             listener: tokio::sync::Mutex::new(None),
             beats: Mutex::new(HashMap::new()),
         }
@@ -259,7 +227,7 @@ impl Replication {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<String> = nodes
             .iter()
-            .filter(|(_, (t, _))| t.elapsed() < PEER_GONE)
+            .filter(|(_, t)| t.elapsed() < Duration::from_secs(3))
             .map(|(n, _)| n.clone())
             .collect();
         v.sort();
@@ -272,16 +240,6 @@ impl Replication {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(ReplicationError::Unavailable)
-    }
-
-    /// The all-groups channel the scripts publish to: none in a Redis
-    /// Cluster (a call touches one slot).
-    fn all_channel(&self) -> &'static str {
-        if self.cluster.load(Ordering::Relaxed) {
-            ""
-        } else {
-            layout::ALL_CHANNEL
-        }
     }
 
     fn publish_command(&self) -> &'static str {
@@ -352,9 +310,7 @@ impl Replication {
             .arg(key)
             .arg(frame.as_str())
             .arg(origin)
-            .arg(layout::now_micros())
-            .arg(self.all_channel())
-            .arg(group);
+            .arg(layout::now_micros());
         let n: i64 = conn.script(&inv).await?;
         Ok(n == 1)
     }
@@ -364,11 +320,12 @@ impl Replication {
     /// live messages that follow miss nothing.
     pub async fn want(&self, key: &StreamKey) {
         let group = layout::group_of(&layout::stream_id(key));
-        {
-            let mut interest = self.interest.lock().unwrap_or_else(|p| p.into_inner());
-            *interest.entry(group).or_default() += 1;
-            self.wanted.fetch_or(1 << group, Ordering::AcqRel);
-        }
+        *self
+            .interest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(group)
+            .or_default() += 1;
         if let Err(e) = self.sync_listening().await {
             tracing::debug!(error = %e, "subscribing to a stream group failed; the link will recover");
         }
@@ -384,7 +341,6 @@ impl Replication {
                 *n -= 1;
                 if *n == 0 {
                     interest.remove(&group);
-                    self.wanted.fetch_and(!(1 << group), Ordering::AcqRel);
                 }
             }
         }
@@ -403,49 +359,13 @@ impl Replication {
             .collect()
     }
 
-    /// Whether to listen to the all-groups channel rather than to the
-    /// groups' own: on one Redis, for most groups, once this link has
-    /// heard the other nodes long enough to know them, and only if all of
-    /// them publish there (a node of 0.1 publishes to the groups' channels
-    /// only).
-    fn wants_all(&self, wanted: usize, now_all: bool) -> bool {
-        if self.cluster.load(Ordering::Relaxed) || wanted < if now_all { ALL_UNTIL } else { ALL_FROM } {
-            return false;
-        }
-        let known = (*self.up_since.lock().unwrap_or_else(|p| p.into_inner()))
-            .is_some_and(|t| t.elapsed() >= KNOW_PEERS_AFTER);
-        known
-            && self
-                .nodes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .all(|(t, all)| *all || t.elapsed() >= PEER_GONE)
-    }
-
-    /// Makes the listener listen to exactly the wanted groups: through
-    /// their own channels, or through the all-groups channel (see
-    /// [`Replication::wants_all`]). A switch listens to the new channels
-    /// before it leaves the old ones, so nothing falls between; what
-    /// arrives twice meanwhile is told apart in `link` (`all_active`).
+    /// Makes the listener listen to exactly the wanted groups.
     async fn sync_listening(&self) -> Result<(), ReplicationError> {
         let mut guard = self.listener.lock().await;
         let Some(listener) = guard.as_mut() else {
             return Ok(());
         };
-        let mut wanted = self.wanted_groups();
-        let all = self.wants_all(wanted.len(), listener.all);
-        if all && !listener.all {
-            listener.conn.listen(layout::ALL_CHANNEL, true).await?;
-            listener.all = true;
-            self.beats
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(ALL_BEAT, Instant::now());
-        }
-        if all {
-            wanted.clear();
-        }
+        let wanted = self.wanted_groups();
         for group in wanted.difference(&listener.groups.clone()) {
             listener.conn.listen(&layout::channel(*group), true).await?;
             listener.groups.insert(*group);
@@ -461,14 +381,6 @@ impl Replication {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&group);
-        }
-        if !all && listener.all {
-            listener.conn.listen(layout::ALL_CHANNEL, false).await?;
-            listener.all = false;
-            self.beats
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&ALL_BEAT);
         }
         Ok(())
     }

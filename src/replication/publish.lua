@@ -6,8 +6,8 @@
 -- Redis Cluster a call has one section (every key of a group shares its
 -- hash tag, KEYS[1]'s); one Redis takes every group of a batch in one call.
 --
--- ARGV: publish command, history length, max unread, section count, the
---       all-groups channel ("" for none: a Redis Cluster), then per section: key prefix, channel, entry count, then 9 fields per
+-- ARGV: publish command, history length, max unread, section count, then
+--       per section: key prefix, channel, entry count, then 9 fields per
 --       entry: kind (m|s|u|n), stream id, time (µs), symbol, signal type,
 --       notification key, claim ("" or a claim id), flags, JSON body
 --       without its closing brace.
@@ -18,12 +18,10 @@
 -- unknown signal.
 -- What a section sequenced goes out as ONE message on its group's
 -- channel, a `v2` envelope (layout.rs), so a batch crosses Redis as one
--- message per group; and the call's envelopes go out together as ONE `v3`
--- message on the all-groups channel, for nodes that listen to most groups. Counters and latest prices are read once and
+-- message per group. Counters and latest prices are read once and
 -- written once per section, however many entries of one stream it has.
 local publish = ARGV[1]
 local window, max_unread, sections = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local all_channel = ARGV[5]
 -- Numbers become text through '%d' once each: Lua's own conversion of a
 -- number is a floating-point printf, the costliest step of this script.
 local window_text = ARGV[2]
@@ -31,25 +29,7 @@ local function text(x)
   return string.format('%d', x)
 end
 local out = {}
-local all, all_count = {}, 0
--- On one Redis, a group channel nobody listens to (every node takes the
--- all-groups channel) is not published to: one PUBSUB call for all of
--- them instead of a PUBLISH each. Atomic with the publishes, so a node
--- subscribed before this call gets its messages, as it would anyway.
-local listened = nil
-if all_channel ~= '' and sections > 1 then
-  local channels, at = {}, 6
-  for s = 1, sections do
-    channels[s] = ARGV[at + 1]
-    at = at + 3 + 9 * tonumber(ARGV[at + 2])
-  end
-  local counts = redis.call('PUBSUB', 'NUMSUB', unpack(channels))
-  listened = {}
-  for s = 1, sections do
-    listened[counts[2 * s - 1]] = counts[2 * s] > 0
-  end
-end
-local i = 6
+local i = 5
 for _ = 1, sections do
   local p, channel, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 3
@@ -147,19 +127,7 @@ for _ = 1, sections do
     redis.call('HSET', p .. 'latest', unpack(fields, from, math.min(from + 1999, #fields)))
   end
   if count > 0 then
-    local envelope = 'v2\n' .. text(count) .. '\n' .. table.concat(env)
-    if not listened or listened[channel] then
-      redis.call(publish, channel, envelope)
-    end
-    if all_channel ~= '' then
-      local at = #all
-      all[at + 1], all[at + 2], all[at + 3] = string.match(p, '{g(%d+)}'), '\n', text(#envelope)
-      all[at + 4], all[at + 5] = '\n', envelope
-      all_count = all_count + 1
-    end
+    redis.call(publish, channel, 'v2\n' .. text(count) .. '\n' .. table.concat(env))
   end
-end
-if all_count > 0 then
-  redis.call(publish, all_channel, 'v3\n' .. text(all_count) .. '\n' .. table.concat(all))
 end
 return out

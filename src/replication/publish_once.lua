@@ -1,7 +1,6 @@
 -- ARGV: prefix, channel, publish command, history length, max unread,
 -- entry count, then publish.lua's 9 fields per entry, then one id per entry
--- ("" for an entry without one), then the records' lifetime in ms, then
--- the all-groups channel ("" for none).
+-- ("" for an entry without one), then the records' lifetime in ms.
 -- Returns two integers per entry: publish.lua's result for it (its first
 -- result when its id was already recorded, or named twice in this call)
 -- and 1 when that result is a replay, else 0.
@@ -12,7 +11,7 @@ local p, n = ARGV[1], tonumber(ARGV[6])
 local ids = 7 + 9 * n
 local ttl = ARGV[ids + n]
 -- publish.lua's arguments: its head, then this group as its one section.
-local fresh = {ARGV[3], ARGV[4], ARGV[5], 1, ARGV[ids + n + 1], ARGV[1], ARGV[2], 0}
+local fresh = {ARGV[3], ARGV[4], ARGV[5], 1, ARGV[1], ARGV[2], 0}
 local taken, result, seen, first = {}, {}, {}, {}
 for e = 1, n do
   local id = ARGV[ids + e - 1]
@@ -36,7 +35,7 @@ for e = 1, n do
   end
 end
 if #taken > 0 then
-  fresh[8] = #taken
+  fresh[7] = #taken
   local out = publish_group(fresh)
   for k, e in ipairs(taken) do
     result[e] = out[k]
