@@ -1,7 +1,7 @@
 //! The link to Redis, supervised: connect, catch up, relay what Redis
 //! carries to the fanout shards (and the ingest channel to ingress),
-//! heartbeat every channel listened to, and reconnect with backoff when
-//! anything of it fails.
+//! heartbeat every quiet channel listened to, and reconnect with backoff
+//! when anything of it fails.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -173,15 +173,31 @@ impl Replication {
         result
     }
 
+    /// Counts a message of group `group`'s channel as heard now: it shows
+    /// that the subscription delivers as well as a heartbeat would.
+    fn heard(&self, group: u64) {
+        if let Some(t) = self
+            .beats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&group)
+        {
+            *t = Instant::now();
+        }
+    }
+
+    /// Sends a heartbeat through the ingest channel, and through every
+    /// group channel listened to that carried nothing for half a heartbeat
+    /// period: a busy channel needs none.
     pub(super) async fn beat(&self, conn: &Conn) -> Result<(), ReplicationError> {
         let payload = layout::heartbeat(&self.node_id, layout::now_micros());
         let mut channels: Vec<(String, &'static str)> = self
             .beats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .filter(|g| **g != INGEST_BEAT)
-            .map(|g| (layout::channel(*g), self.publish_command()))
+            .iter()
+            .filter(|(g, t)| **g != INGEST_BEAT && t.elapsed() >= HEARTBEAT_EVERY / 2)
+            .map(|(g, _)| (layout::channel(*g), self.publish_command()))
             .collect();
         // Classic pub/sub for the ingest channel, in a Redis Cluster too.
         channels.push((self.ingest_channel.clone(), "PUBLISH"));
@@ -239,21 +255,12 @@ impl Replication {
             }
             return Ok(());
         };
+        self.heard(group);
         let Ok(text) = std::str::from_utf8(payload) else {
             return Ok(());
         };
         match layout::decode_envelope(text) {
             Some(Envelope::Heartbeat { node: from, .. }) => {
-                if from == &*self.node_id {
-                    if let Some(t) = self
-                        .beats
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_mut(&group)
-                    {
-                        *t = Instant::now();
-                    }
-                }
                 self.nodes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

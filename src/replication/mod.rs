@@ -12,9 +12,10 @@
 //! backoff; after a reconnect it catches up every stream a local
 //! subscriber follows from Redis's history before it takes live messages
 //! again, so nothing is lost or repeated (`recovery`). A heartbeat goes
-//! through every channel it listens on four times a second, from the end
-//! of the catch-up: a channel silent for a second means a wedged
-//! subscription, treated as a lost link.
+//! through every channel it listens on that carried nothing for a while,
+//! checked four times a second from the end of the catch-up: a channel
+//! silent for a second means a wedged subscription, treated as a lost
+//! link.
 
 mod batcher;
 mod conn;
