@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the path one update takes through a node:
 //! decoding a publish body and a subscriber command, encoding the update
 //! once, the shard ring, and fanout of one update to 1, 100 and 10 000
-//! subscribers. Whole-system numbers (sockets, tokio, the kernel) come
+//! subscribers, and permessage-deflate of one frame. Whole-system numbers (sockets, tokio, the kernel) come
 //! from `loadgen`; these isolate the server's own user-space work.
 //!
 //! Fanout is measured two ways, because each alone misleads:
@@ -108,6 +108,37 @@ fn encode_update(c: &mut Criterion) {
             encode::update(black_box(&update.body), Seq(seq))
         })
     });
+    g.finish();
+}
+
+/// permessage-deflate of one frame, as each broadcast is compressed once:
+/// the tick the bench publishes (about 165 bytes as sent) and a frame of
+/// about 1 KiB, by the fixed-code encoder (`compress`) and by zlib's
+/// method (`compress_with_zlib`, miniz_oxide reset per message).
+fn deflate_frame(c: &mut Criterion) {
+    let tick = encode::update(&one_update().body, Seq(1042));
+    let tick = tick.as_str().as_bytes().to_vec();
+    let mut book = String::from(r#"{"type":"market_update","symbol":"BTC-USD","bids":["#);
+    for i in 0..40 {
+        book.push_str(&format!(
+            "[{}.{:02},{}.{:03}],",
+            45_000 - i,
+            (i * 37) % 100,
+            i % 7,
+            (i * 113) % 1000
+        ));
+    }
+    book.push_str(r#"[1.0,1.0]],"seq":1042}"#);
+    let mut g = c.benchmark_group("deflate");
+    g.throughput(Throughput::Elements(1));
+    for (name, payload) in [("tick", tick.as_slice()), ("book_1k", book.as_bytes())] {
+        g.bench_function(format!("fixed/{name}"), |b| {
+            b.iter(|| tickwire::protocol::deflate::compress(black_box(payload)))
+        });
+        g.bench_function(format!("zlib/{name}"), |b| {
+            b.iter(|| tickwire::protocol::deflate::compress_with_zlib(black_box(payload)))
+        });
+    }
     g.finish();
 }
 
@@ -265,6 +296,7 @@ criterion_group!(
     benches,
     decode,
     encode_update,
+    deflate_frame,
     ring,
     fanout_deliver,
     fanout_worker

@@ -131,6 +131,11 @@ fn add(list: &mut Vec<Member>, sub: Arc<Subscriber>, floor: Seq, throttle: Optio
     if list.iter().any(|m| m.sub.id == sub.id) {
         return false;
     }
+    if list.capacity() == 0 {
+        // Room for one, not Vec's first four: a user's list (one per
+        // connected user) usually holds one connection.
+        list.reserve_exact(1);
+    }
     list.push(Member { sub, floor, throttle });
     true
 }

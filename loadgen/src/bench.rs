@@ -145,6 +145,10 @@ pub struct BenchArgs {
     /// carrying their one kind) instead of their kind's own endpoint
     #[arg(long)]
     multiplex: bool,
+    /// Subscribers offer permessage-deflate (protocol 1.1, with
+    /// client_no_context_takeover) and fail unless the server agrees
+    #[arg(long)]
+    deflate: bool,
 }
 
 /// The subscribers' message format.
@@ -240,6 +244,7 @@ struct Config {
     drain_s: f64,
     format: Format,
     multiplex: bool,
+    deflate: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -280,6 +285,11 @@ pub struct BenchSummary {
     late: u64,
     seq: SeqCounts,
     without_seq: u64,
+    /// Bytes the subscribers read from their sockets over the same time
+    /// as `deliveries` (frames with their headers; compressed where
+    /// permessage-deflate was), and that per delivery.
+    wire_bytes: u64,
+    wire_bytes_per_delivery: Option<f64>,
     market: StreamTotals,
     signals: StreamTotals,
     notifications: StreamTotals,
@@ -405,7 +415,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &stop_rx,
         args.connect_concurrency,
         Duration::from_secs(args.setup_timeout),
-        (args.multiplex, args.format == Format::Msgpack),
+        (args.multiplex, args.format == Format::Msgpack, args.deflate),
     )
     .await;
     let mut subscribers = match subscribers {
@@ -472,6 +482,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let progress = Arc::new(Progress::new("bench", (args.duration * 1000.0) as u64));
     let deliveries_before = stats::deliveries();
+    let wire_bytes_before = stats::wire_bytes();
     let ticker = tokio::spawn(show_rates(
         publish_clock,
         Arc::clone(&sent_total),
@@ -543,6 +554,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let deliveries = stats::deliveries() - deliveries_before;
+    let wire_bytes = stats::wire_bytes() - wire_bytes_before;
     let server = if server_pids.is_empty() {
         None
     } else {
@@ -582,6 +594,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             streams: &streams,
             expected_of: &expected_of,
             deliveries_in_window,
+            wire_bytes,
             server,
             server_counters,
             loadgen,
@@ -617,7 +630,7 @@ async fn open_subscribers(
     stop_rx: &watch::Receiver<bool>,
     concurrency: usize,
     setup_timeout: Duration,
-    (multiplex, msgpack): (bool, bool),
+    (multiplex, msgpack, deflate): (bool, bool, bool),
 ) -> anyhow::Result<Vec<JoinHandle<Option<SubscriberReport>>>> {
     let total = roles.len() as u64;
     let progress = Progress::new("subscribe", total);
@@ -641,7 +654,7 @@ async fn open_subscribers(
         let stalls = i >= readers;
         handles.push(tokio::spawn(async move {
             let path = role.url_path(&token, multiplex, msgpack);
-            let mut request = subscriber_request(&target, &path, None, SUBSCRIBER_READ_BUFFER);
+            let mut request = subscriber_request(&target, &path, None, SUBSCRIBER_READ_BUFFER, deflate);
             if stalls {
                 request.recv_buffer_bytes = Some(STALLED_RECV_BUFFER);
             }
@@ -702,12 +715,14 @@ async fn open_subscribers(
     }
 }
 
-/// The WebSocket request of one subscriber.
+/// The WebSocket request of one subscriber; `deflate` offers
+/// permessage-deflate. What it reads counts in the run's wire bytes.
 pub fn subscriber_request<'a>(
     target: &'a Target,
     path: &'a str,
     bind: Option<IpAddr>,
     read_buffer_bytes: usize,
+    deflate: bool,
 ) -> WsRequest<'a> {
     WsRequest {
         target,
@@ -719,6 +734,8 @@ pub fn subscriber_request<'a>(
         config: WebSocketConfig::default()
             .read_buffer_size(read_buffer_bytes)
             .write_buffer_size(0),
+        deflate,
+        count_wire: true,
         timeout: OPEN_TIMEOUT,
     }
 }
@@ -760,6 +777,7 @@ struct Summarized<'a> {
     streams: &'a [Stream],
     expected_of: &'a dyn Fn(Stream) -> u64,
     deliveries_in_window: u64,
+    wire_bytes: u64,
     server: Option<Process>,
     server_counters: Option<ServerCounters>,
     loadgen: Process,
@@ -824,6 +842,7 @@ fn summarize(args: &BenchArgs, s: Summarized<'_>) -> BenchSummary {
             drain_s: args.drain,
             format: args.format,
             multiplex: args.multiplex,
+            deflate: args.deflate,
         },
         setup_s: s.setup_s,
         publish_window_s: s.publish_window_s,
@@ -847,6 +866,8 @@ fn summarize(args: &BenchArgs, s: Summarized<'_>) -> BenchSummary {
         late,
         seq,
         without_seq,
+        wire_bytes: s.wire_bytes,
+        wire_bytes_per_delivery: (live > 0).then(|| s.wire_bytes as f64 / live as f64),
         market,
         signals,
         notifications,
@@ -897,6 +918,15 @@ fn print_summary(out: &mut dyn std::io::Write, s: &BenchSummary) -> anyhow::Resu
             String::new()
         },
         c.duration_s,
+    )?;
+    let (format, deflate) = (
+        format!("{:?}", c.format).to_lowercase(),
+        if c.deflate { " + deflate" } else { "" },
+    );
+    writeln!(
+        out,
+        "  wire        {format}{deflate}{}",
+        if c.multiplex { ", on /ws/stream/" } else { "" }
     )?;
     if s.interrupted {
         writeln!(out, "  (interrupted: the figures cover the run so far)")?;
@@ -971,6 +1001,23 @@ fn print_summary(out: &mut dyn std::io::Write, s: &BenchSummary) -> anyhow::Resu
             "unpaced: from actual send time"
         },
     )?;
+    if let Some(per) = s.wire_bytes_per_delivery {
+        write!(
+            out,
+            "  bytes       {per:.1} B per delivery read by the subscribers ({} in all)",
+            report::bytes(s.wire_bytes)
+        )?;
+        match &s.server_counters {
+            Some(c) if c.bytes_out_uncompressed > 0 && s.deliveries > 0 => writeln!(
+                out,
+                "; server payloads {:.1} B written, {:.1} B before compression, {} frames compressed",
+                c.bytes_out as f64 / s.deliveries as f64,
+                c.bytes_out_uncompressed as f64 / s.deliveries as f64,
+                count(c.frames_compressed),
+            )?,
+            _ => writeln!(out)?,
+        }
+    }
     if let Some(c) = &s.server_counters {
         writeln!(
             out,

@@ -26,6 +26,13 @@ pub struct ServerCounters {
     /// 0 from a server that does not count them): frames per write is
     /// `messages_out / write_turns`.
     pub write_turns: u64,
+    /// Payload bytes written to subscribers, compressed where they were
+    /// (`bytes_out`; 0 from a server before protocol 1.1).
+    pub bytes_out: u64,
+    /// The same payloads before compression (`bytes_out_uncompressed`).
+    pub bytes_out_uncompressed: u64,
+    /// Frames compressed, once per frame (`frames_compressed`).
+    pub frames_compressed: u64,
 }
 
 impl ServerCounters {
@@ -40,6 +47,9 @@ impl ServerCounters {
             sum.slow_consumer_cuts += one.slow_consumer_cuts;
             sum.messages_out += one.messages_out;
             sum.write_turns += one.write_turns;
+            sum.bytes_out += one.bytes_out;
+            sum.bytes_out_uncompressed += one.bytes_out_uncompressed;
+            sum.frames_compressed += one.frames_compressed;
         }
         Some(sum)
     }
@@ -54,6 +64,11 @@ impl ServerCounters {
             slow_consumer_cuts: self.slow_consumer_cuts.saturating_sub(before.slow_consumer_cuts),
             messages_out: self.messages_out.saturating_sub(before.messages_out),
             write_turns: self.write_turns.saturating_sub(before.write_turns),
+            bytes_out: self.bytes_out.saturating_sub(before.bytes_out),
+            bytes_out_uncompressed: self
+                .bytes_out_uncompressed
+                .saturating_sub(before.bytes_out_uncompressed),
+            frames_compressed: self.frames_compressed.saturating_sub(before.frames_compressed),
         }
     }
 }
@@ -81,6 +96,9 @@ fn parse(body: &[u8]) -> Option<ServerCounters> {
         slow_consumer_cuts: field("slow_consumer_cuts")?,
         messages_out: field("messages_out").unwrap_or(0),
         write_turns: field("write_turns").unwrap_or(0),
+        bytes_out: field("bytes_out").unwrap_or(0),
+        bytes_out_uncompressed: field("bytes_out_uncompressed").unwrap_or(0),
+        frames_compressed: field("frames_compressed").unwrap_or(0),
     })
 }
 
@@ -101,6 +119,7 @@ mod tests {
                 slow_consumer_cuts: 3,
                 messages_out: 900,
                 write_turns: 300,
+                ..Default::default()
             }
         );
         let before = ServerCounters {
@@ -109,6 +128,7 @@ mod tests {
             slow_consumer_cuts: 3,
             messages_out: 100,
             write_turns: 100,
+            ..Default::default()
         };
         assert_eq!(
             after.since(&before),
@@ -118,6 +138,7 @@ mod tests {
                 slow_consumer_cuts: 0,
                 messages_out: 800,
                 write_turns: 200,
+                ..Default::default()
             }
         );
         assert_eq!(parse(br#"{"conflated_frames":1}"#), None);

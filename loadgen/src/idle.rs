@@ -71,6 +71,10 @@ pub struct IdleArgs {
     /// 1.1's one socket carrying all three, subscribed to one symbol)
     #[arg(long, value_enum, default_value_t = IdleEndpoint::MarketData)]
     endpoint: IdleEndpoint,
+    /// Every connection offers permessage-deflate (and fails unless the
+    /// server agrees): what an idle compressing socket costs
+    #[arg(long)]
+    deflate: bool,
 }
 
 /// The socket `loadgen idle` opens.
@@ -95,6 +99,7 @@ enum Outcome {
 pub struct IdleSummary {
     url: String,
     endpoint: IdleEndpoint,
+    deflate: bool,
     requested: u32,
     connected: u64,
     failed: u64,
@@ -179,7 +184,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             stop_rx.clone(),
             Arc::clone(&closed_by_server),
         );
-        let endpoint = args.endpoint;
+        let (endpoint, deflate) = (args.endpoint, args.deflate);
         handles.push(tokio::spawn(async move {
             let opened = {
                 // The semaphore is never closed, so acquiring cannot fail.
@@ -205,7 +210,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
                 };
                 let path = format!("{}?token={token}", role.path());
                 Subscriber::open(
-                    &subscriber_request(&target, &path, bind, IDLE_READ_BUFFER),
+                    &subscriber_request(&target, &path, bind, IDLE_READ_BUFFER, deflate),
                     &role,
                     &run,
                     OPEN_TIMEOUT,
@@ -311,6 +316,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let summary = IdleSummary {
         url: args.url.clone(),
         endpoint: args.endpoint,
+        deflate: args.deflate,
         requested: args.connections,
         connected,
         failed,

@@ -27,6 +27,7 @@ mod stats;
 mod subscriber;
 mod sys;
 mod target;
+mod wire;
 
 use std::process::ExitCode;
 

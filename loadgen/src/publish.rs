@@ -169,6 +169,8 @@ impl Sink {
                     bind: None,
                     recv_buffer_bytes: None,
                     config: WebSocketConfig::default(),
+                    deflate: false,
+                    count_wire: false,
                     timeout: Duration::from_secs(10),
                 })
                 .await?;

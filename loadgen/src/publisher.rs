@@ -273,6 +273,8 @@ impl Sink {
                     // Only error frames come back; a small read window keeps
                     // tungstenite's per-read zero-fill cheap.
                     config: WebSocketConfig::default().read_buffer_size(4096),
+                    deflate: false,
+                    count_wire: false,
                     timeout: Duration::from_secs(10),
                 })
                 .await?;

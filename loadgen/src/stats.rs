@@ -19,6 +19,8 @@ struct Shard {
     /// Live messages received: a relaxed counter, summed for the progress
     /// display; exact totals come from the subscribers' own reports.
     deliveries: AtomicU64,
+    /// Bytes subscribers read from their sockets (see `wire`), relaxed.
+    wire_bytes: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
 }
 
@@ -37,6 +39,7 @@ fn new_histogram() -> Histogram<u64> {
 fn register() -> Arc<Shard> {
     let shard = Arc::new(Shard {
         deliveries: AtomicU64::new(0),
+        wire_bytes: AtomicU64::new(0),
         latency_us: Mutex::new(new_histogram()),
     });
     lock(&SHARDS).push(Arc::clone(&shard));
@@ -62,6 +65,19 @@ pub fn deliveries() -> u64 {
     lock(&SHARDS)
         .iter()
         .map(|s| s.deliveries.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// Counts bytes a subscriber read from its socket.
+pub fn record_wire_bytes(n: u64) {
+    LOCAL.with(|shard| shard.wire_bytes.fetch_add(n, Ordering::Relaxed));
+}
+
+/// Bytes subscribers read from their sockets so far, over all threads.
+pub fn wire_bytes() -> u64 {
+    lock(&SHARDS)
+        .iter()
+        .map(|s| s.wire_bytes.load(Ordering::Relaxed))
         .sum()
 }
 

@@ -99,16 +99,17 @@ impl Worker {
             }
             Control::RemoveSignals { id } => self.registry.remove_signal_subscriber(id),
             Control::AttachUser { sub, user, fetched } => {
-                let unread = self.unread.entry(user.clone()).or_default();
                 let mut floor = Seq(0);
                 if let Some(f) = fetched {
+                    let unread = self.unread.entry(user.clone()).or_default();
                     unread.adopt(&f, self.config.max_unread_per_user);
                     floor = f.head;
+                    self.forget_unread_if_empty(&user);
                 }
-                push_now(
-                    &sub,
-                    encode::unread_notifications(unread.by_seq.values().map(|(_, f)| f)),
-                );
+                // A user with nothing unread has no entry: most connected
+                // users, each of whom would otherwise hold an empty one.
+                let unread = self.unread.get(&user).map(|u| u.by_seq.values().map(|(_, f)| f));
+                push_now(&sub, encode::unread_notifications(unread.into_iter().flatten()));
                 let head = self
                     .streams
                     .get(&StreamKey::User(user.clone()))
@@ -124,6 +125,7 @@ impl Worker {
             } => {
                 if let Some(u) = self.unread.get_mut(&user) {
                     u.remove(&key);
+                    self.forget_unread_if_empty(&user);
                 }
                 for m in self.registry.user_connections(&user) {
                     if Some(m.sub.id) != skip {
@@ -215,10 +217,7 @@ impl Worker {
             Control::DetachUser { id, user } => {
                 self.registry.detach_user(&user, id);
                 if self.registry.user_connections(&user).is_empty() {
-                    if self.unread.get(&user).is_some_and(|u| u.by_seq.is_empty()) {
-                        self.unread.remove(&user);
-                        shrink(&mut self.unread);
-                    }
+                    self.forget_unread_if_empty(&user);
                     self.forget_if_unused(&StreamKey::User(user));
                 }
             }
@@ -272,6 +271,15 @@ impl Worker {
         }
     }
 
+    /// Drops a user's unread state once nothing is unread: no entry and
+    /// an empty one mean the same everywhere it is read.
+    fn forget_unread_if_empty(&mut self, user: &str) {
+        if self.unread.get(user).is_some_and(|u| u.by_seq.is_empty()) {
+            self.unread.remove(user);
+            shrink(&mut self.unread);
+        }
+    }
+
     fn mark_read(
         &mut self,
         user: Arc<str>,
@@ -281,6 +289,7 @@ impl Worker {
         echo_id: Option<Value>,
     ) {
         let was_unread = self.unread.get_mut(&user).and_then(|u| u.remove(&key));
+        self.forget_unread_if_empty(&user);
         let known = was_unread.is_some()
             || self.streams.get(&StreamKey::User(user.clone())).is_some_and(|s| {
                 s.history

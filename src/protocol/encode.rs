@@ -8,6 +8,7 @@
 //! re-validated; its compressed form is made once too, when needed.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
 
@@ -76,8 +77,17 @@ pub fn reset(stream: &str, oldest: Seq) -> Frame {
 }
 
 /// `{"type":"unread_notifications","notifications":[...]}` from the
-/// already-encoded notification frames.
+/// already-encoded notification frames. The empty list, what most users
+/// are sent on connecting, is one frame shared by them all (its other
+/// forms made once too), so a connection costs no encoding for it.
 pub fn unread_notifications<'a>(frames: impl Iterator<Item = &'a Frame>) -> Frame {
+    static EMPTY: OnceLock<Frame> = OnceLock::new();
+    let mut frames = frames.peekable();
+    if frames.peek().is_none() {
+        return EMPTY
+            .get_or_init(|| Frame::from(r#"{"type":"unread_notifications","notifications":[]}"#.to_owned()))
+            .clone();
+    }
     let mut out = String::from(r#"{"type":"unread_notifications","notifications":"#);
     out.push_str(&json_array(frames));
     out.push('}');

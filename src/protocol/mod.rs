@@ -7,6 +7,7 @@ pub mod close;
 pub mod command;
 pub mod deflate;
 pub mod encode;
+mod fixed_huffman;
 pub mod frame;
 pub mod msgpack;
 pub mod update;
